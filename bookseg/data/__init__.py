@@ -1,0 +1,1 @@
+"""Data layer: readers for VIA / COCO / LabelMe, validation, synthetic shelves, folds, augmentation."""

@@ -1,0 +1,120 @@
+"""MrcnnConfig: every model, target and inference setting, with matterport's defaults.
+
+Field names are matterport's `Config` attributes in lower case (`RPN_ANCHOR_SCALES` ->
+`rpn_anchor_scales`), so users find what they know. Layers never read Hydra configs: the runner
+turns its config into one `MrcnnConfig` (see `bookseg.mrcnn.factory`), and the model, the input
+pipeline and the weight loader read only this object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class MrcnnConfig:
+    # --- backbone and pyramid -------------------------------------------------------------------
+    backbone: str = "resnet101"  # resnet50 | resnet101 | tiny (small conv net for CPU tests)
+    backbone_strides: tuple[int, ...] = (4, 8, 16, 32, 64)  # P2..P6
+    top_down_pyramid_size: int = 256  # FPN channels
+    fpn_classif_fc_layers_size: int = 1024  # box head "fc" width
+    rpn_conv_channels: int = 512  # matterport's rpn_conv_shared width
+    mask_head_channels: int = 256
+    tiny_channels: tuple[int, ...] = (16, 32, 64, 128)  # stage widths of the tiny backbone (C2..C5)
+    train_bn: bool | None = False  # False: frozen BN (inference mode); True: batch stats; None: follow `training`
+    num_classes: int = 2  # including background
+
+    # --- anchors and RPN ------------------------------------------------------------------------
+    rpn_anchor_scales: tuple[float, ...] = (32, 64, 128, 256, 512)  # one square side (px) per level
+    rpn_anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # width / height
+    rpn_anchor_stride: int = 1  # anchors every N feature cells
+    rpn_nms_threshold: float = 0.7
+    rpn_train_anchors_per_image: int = 256
+    pre_nms_limit: int = 6000  # top-k over all levels jointly, before NMS
+    post_nms_rois_training: int = 2000
+    post_nms_rois_inference: int = 1000
+    rpn_bbox_std_dev: tuple[float, ...] = (0.1, 0.1, 0.2, 0.2)
+
+    # --- images -----------------------------------------------------------------------------------
+    image_resize_mode: str = "square"  # square | pad64 | none
+    image_min_dim: int = 800
+    image_max_dim: int = 1024
+    image_min_scale: float = 0.0
+    mean_pixel: tuple[float, ...] = (123.7, 116.8, 103.9)  # RGB, subtracted (no std division)
+
+    # --- ROI heads ----------------------------------------------------------------------------------
+    train_rois_per_image: int = 200
+    roi_positive_ratio: float = 0.33
+    pool_size: int = 7
+    mask_pool_size: int = 14
+    mask_shape: tuple[int, int] = (28, 28)
+    use_mini_mask: bool = True
+    mini_mask_shape: tuple[int, int] = (56, 56)
+    max_gt_instances: int = 100
+    bbox_std_dev: tuple[float, ...] = (0.1, 0.1, 0.2, 0.2)
+
+    # --- inference ----------------------------------------------------------------------------------
+    detection_max_instances: int = 100
+    detection_min_confidence: float = 0.7
+    detection_nms_threshold: float = 0.3  # per-class NMS
+
+    # --- training -----------------------------------------------------------------------------------
+    images_per_batch: int = 2  # matterport IMAGES_PER_GPU * GPU_COUNT
+    loss_weights: dict = field(
+        default_factory=lambda: {
+            "rpn_class_loss": 1.0,
+            "rpn_bbox_loss": 1.0,
+            "mrcnn_class_loss": 1.0,
+            "mrcnn_bbox_loss": 1.0,
+            "mrcnn_mask_loss": 1.0,
+        }
+    )
+    weight_decay: float = 0.0001
+    weight_decay_mode: str = "matterport"  # matterport: wd * mean(w^2) per tensor | l2: wd * sum(w^2)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """Static molded-image shape for resize mode "square"; (None, None, 3) otherwise."""
+        if self.image_resize_mode == "square":
+            return (self.image_max_dim, self.image_max_dim, 3)
+        return (None, None, 3)
+
+    @property
+    def image_meta_size(self) -> int:
+        """matterport layout: id(1) + original shape(3) + image shape(3) + window(4) + scale(1) + classes."""
+        return 1 + 3 + 3 + 4 + 1 + self.num_classes
+
+    def replace(self, **changes) -> "MrcnnConfig":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> None:
+        """Raise ValueError on settings the network cannot be built with."""
+        n_levels = len(self.backbone_strides)
+        if len(self.rpn_anchor_scales) != n_levels:
+            raise ValueError(
+                f"rpn_anchor_scales has {len(self.rpn_anchor_scales)} values but the pyramid has "
+                f"{n_levels} levels (strides {list(self.backbone_strides)}): give one scale per level"
+            )
+        if self.image_resize_mode == "square" and self.image_max_dim % 64:
+            raise ValueError(
+                f"image_max_dim={self.image_max_dim} is not divisible by 64: the FPN downsamples 6 times"
+            )
+        if self.image_resize_mode == "pad64" and self.image_min_dim % 64:
+            raise ValueError(f"image_min_dim={self.image_min_dim} must be divisible by 64 for pad64")
+        if self.image_resize_mode not in ("square", "pad64", "none"):
+            raise ValueError(f"unknown image_resize_mode {self.image_resize_mode!r}: use square, pad64 or none")
+        if self.backbone not in ("resnet50", "resnet101", "tiny"):
+            raise ValueError(f"unknown backbone {self.backbone!r}: use resnet50, resnet101 or tiny")
+        if self.num_classes < 2:
+            raise ValueError("num_classes counts the background too, so it must be >= 2")
+        if self.weight_decay_mode not in ("matterport", "l2"):
+            raise ValueError(f"unknown weight_decay_mode {self.weight_decay_mode!r}: use matterport or l2")
+        missing = set(LOSS_NAMES) - set(self.loss_weights)
+        if missing:
+            raise ValueError(f"loss_weights lacks {sorted(missing)}")
+
+
+LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss")
