@@ -1,0 +1,1 @@
+"""Structured-config schema (Hydra ConfigStore) and its validation."""

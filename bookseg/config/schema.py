@@ -1,0 +1,155 @@
+"""Typed schema of `conf/`: one dataclass per config group, registered in Hydra's ConfigStore.
+
+Hydra checks every YAML option and command-line override against these types (a typo such as
+`optimizer.momentun=0.8` or `cv.k=two` is rejected with the key's name); `bookseg.config.validate`
+then checks the values that a type cannot express (image size divisible by 64, one anchor scale per
+pyramid level, known stage names, k >= 2, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class SyntheticConfig:
+    n_images: int = 48  # shelves generated for the built-in data set
+    seed: int = 0  # same seed, same bytes
+    height: int = 256
+    width: int = 256
+
+
+@dataclass
+class DataConfig:
+    kind: str = "synthetic"  # synthetic | via | coco | labelme
+    path: Optional[str] = None  # annotation file (or folder); unused for synthetic
+    images_dir: Optional[str] = None  # default: next to the annotation file
+    class_attribute: Optional[str] = None  # region attribute holding the class; None: every region is default_class
+    default_class: str = "book"
+    group_regex: Optional[str] = None  # file-name regex whose first group names the fold group
+    group_attribute: Optional[str] = None  # or a VIA file attribute naming the group
+    cache_dir: str = "${oc.env:BOOKSEG_CACHE,${hydra:runtime.cwd}/.cache/bookseg}"  # synthetic data lives here
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    backbone: str = "resnet101"  # resnet50 | resnet101 | tiny
+    tiny_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    image_resize_mode: str = "square"  # square | pad64 (train with square)
+    image_min_dim: int = 800
+    image_max_dim: int = 1024
+    top_down_pyramid_size: int = 256
+    fpn_classif_fc_layers_size: int = 1024
+    rpn_conv_channels: int = 512
+    mask_head_channels: int = 256
+    train_bn: Optional[bool] = False  # False: frozen BN, as matterport
+    images_per_batch: int = 2
+    rpn_train_anchors_per_image: int = 256
+    rpn_nms_threshold: float = 0.7
+    pre_nms_limit: int = 6000
+    post_nms_rois_training: int = 2000
+    post_nms_rois_inference: int = 1000
+    train_rois_per_image: int = 200
+    roi_positive_ratio: float = 0.33
+    max_gt_instances: int = 100
+    use_mini_mask: bool = True
+    mini_mask_size: int = 56
+    detection_max_instances: int = 100
+    detection_min_confidence: float = 0.7
+    detection_nms_threshold: float = 0.3
+    weights: Optional[str] = None  # h5 to start from (matterport / Keras ImageNet layout); None: from scratch
+    weights_exclude: list[str] = field(default_factory=list)  # layer names not to load
+
+
+@dataclass
+class AnchorsConfig:
+    scales: list[float] = field(default_factory=lambda: [32, 64, 128, 256, 512])  # one per level P2..P6, px
+    ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # width / height
+    stride: int = 1  # anchors every N feature cells
+
+
+@dataclass
+class AugmentationConfig:
+    name: str = "none"
+    transforms: list[Any] = field(default_factory=list)  # albumentations items with `_target_`
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "sgd"  # sgd | adamw
+    momentum: float = 0.9  # sgd
+    clipnorm: Optional[float] = 5.0  # global gradient norm; null: no clipping
+    weight_decay: float = 0.0001  # L2 added to the loss (see weight_decay_mode)
+    weight_decay_mode: str = "matterport"  # matterport: wd * mean(w^2) per tensor | l2: wd * sum(w^2)
+    adamw_weight_decay: float = 0.0001  # decoupled decay of AdamW
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+
+
+@dataclass
+class StageConfig:
+    layers: str = "heads"  # heads | 3+ | 4+ | 5+ | all | a custom regex over layer names
+    epochs: int = 1  # epochs of this stage (not cumulative)
+    learning_rate: float = 0.001
+
+
+@dataclass
+class StagesConfig:
+    name: str = "default"
+    schedule: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    steps_per_epoch: int = 100
+    validation_steps: int = 10
+
+
+@dataclass
+class CVConfig:
+    k: int = 3  # folds
+    folds: Optional[list[int]] = None  # which folds to run (None: all); e.g. [0] while debugging
+    seed: int = 0
+    stratify: bool = False  # balance instance counts across folds (StratifiedGroupKFold)
+
+
+@dataclass
+class TrackingConfig:
+    tracking_uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd
+    experiment: str = "bookseg/${study}"  # one MLflow experiment per study: all its runs are comparable
+    log_weights: bool = True  # final weights of each fold as an artifact
+    overlays: int = 4  # validation overlay images per fold
+    tensorboard: bool = True
+
+
+@dataclass
+class EvalConfig:
+    min_confidence: float = 0.0  # detections kept for AP (COCO practice: score threshold 0)
+    max_images: Optional[int] = None  # evaluate on at most this many validation images
+
+
+@dataclass
+class BooksegConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    anchors: AnchorsConfig = field(default_factory=AnchorsConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    stages: StagesConfig = field(default_factory=StagesConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tags: list[str] = field(default_factory=list)  # free labels, logged as an MLflow tag
+    lr_scale: float = 1.0  # multiplies every stage's learning rate (one knob for sweepers)
+    study: str = "default"  # MLflow experiment is bookseg/<study>; sweep presets set their own
+    seed: int = 0
+    resume: bool = True  # continue an unfinished run of the same config (checkpoints + MLflow runs)
+    work_dir: str = "${hydra:runtime.cwd}/outputs/runs"  # checkpoints and folds, keyed by config hash
+    optimized_metric: str = "cv/mask_ap50_mean"  # returned to sweepers
+
+
+def register_configs() -> None:
+    """Register the schema as `base_config`; conf/config.yaml lists it first, so every group is typed."""
+    ConfigStore.instance().store(name="base_config", node=BooksegConfig)

@@ -1,0 +1,103 @@
+"""Checks on config values that types cannot express, with messages naming the key to fix."""
+
+from __future__ import annotations
+
+import re
+
+from omegaconf import DictConfig
+
+STAGE_NAMES = ("heads", "3+", "4+", "5+", "all")
+DATA_KINDS = ("synthetic", "via", "coco", "labelme")
+PYRAMID_LEVELS = 5  # P2..P6
+
+
+class ConfigError(ValueError):
+    """A config value bookseg cannot run with; the message names the key and the fix."""
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every problem found in a composed config."""
+    problems: list[str] = []
+    m = cfg.model
+    if m.image_resize_mode not in ("square", "pad64"):
+        problems.append(f"model.image_resize_mode={m.image_resize_mode!r}: use square or pad64")
+    if m.image_max_dim % 64:
+        problems.append(
+            f"model.image_max_dim={m.image_max_dim} is not divisible by 64 (the FPN halves the image 6 times)"
+        )
+    if m.image_resize_mode == "pad64" and m.image_min_dim % 64:
+        problems.append(f"model.image_min_dim={m.image_min_dim} must be divisible by 64 with pad64")
+    if m.backbone not in ("resnet50", "resnet101", "tiny"):
+        problems.append(f"model.backbone={m.backbone!r}: use resnet50, resnet101 or tiny")
+    if m.backbone == "tiny" and len(m.tiny_channels) != 4:
+        problems.append(f"model.tiny_channels needs 4 widths (C2..C5), got {list(m.tiny_channels)}")
+    if m.images_per_batch < 1:
+        problems.append("model.images_per_batch must be >= 1")
+    if not 0 < m.roi_positive_ratio <= 1:
+        problems.append(f"model.roi_positive_ratio={m.roi_positive_ratio} must be in (0, 1]")
+
+    a = cfg.anchors
+    if len(a.scales) != PYRAMID_LEVELS:
+        problems.append(
+            f"anchors.scales has {len(a.scales)} values but the pyramid has {PYRAMID_LEVELS} levels "
+            f"(P2..P6): give one scale per level, e.g. [32, 64, 128, 256, 512]"
+        )
+    if any(s <= 0 for s in a.scales) or any(r <= 0 for r in a.ratios) or not a.ratios:
+        problems.append("anchors.scales and anchors.ratios must be positive (and ratios non-empty)")
+    if a.stride < 1:
+        problems.append("anchors.stride must be >= 1")
+
+    o = cfg.optimizer
+    if o.name not in ("sgd", "adamw"):
+        problems.append(f"optimizer.name={o.name!r}: use sgd or adamw")
+    if o.weight_decay_mode not in ("matterport", "l2"):
+        problems.append(f"optimizer.weight_decay_mode={o.weight_decay_mode!r}: use matterport or l2")
+    if o.clipnorm is not None and o.clipnorm <= 0:
+        problems.append("optimizer.clipnorm must be positive or null")
+
+    s = cfg.stages
+    if not s.schedule:
+        problems.append("stages.schedule is empty: give at least one {layers, epochs, learning_rate}")
+    for i, stage in enumerate(s.schedule):
+        where = f"stages.schedule[{i}]"
+        if stage.layers not in STAGE_NAMES:
+            try:
+                re.compile(stage.layers)
+            except re.error as exc:
+                problems.append(
+                    f"{where}.layers={stage.layers!r} is neither a stage ({', '.join(STAGE_NAMES)}) "
+                    f"nor a valid regex: {exc}"
+                )
+            if re.fullmatch(r"\d\+?|[a-z]+", stage.layers) and stage.layers not in STAGE_NAMES:
+                problems.append(
+                    f"{where}.layers={stage.layers!r} is not a known stage: use one of {', '.join(STAGE_NAMES)} "
+                    f"or a regex over layer names"
+                )
+        if stage.epochs < 1:
+            problems.append(f"{where}.epochs={stage.epochs} must be >= 1")
+        if stage.learning_rate * cfg.lr_scale <= 0:
+            problems.append(f"{where}.learning_rate must be positive")
+    if s.steps_per_epoch < 1 or s.validation_steps < 0:
+        problems.append("stages.steps_per_epoch must be >= 1 and stages.validation_steps >= 0")
+
+    c = cfg.cv
+    if c.k < 2:
+        problems.append(f"cv.k={c.k}: cross-validation needs k >= 2")
+    if c.folds is not None:
+        bad = [f for f in c.folds if not 0 <= f < c.k]
+        if bad:
+            problems.append(f"cv.folds={list(c.folds)} has folds outside 0..{c.k - 1}: {bad}")
+
+    d = cfg.data
+    if d.kind not in DATA_KINDS:
+        problems.append(f"data.kind={d.kind!r}: use one of {', '.join(DATA_KINDS)}")
+    if d.kind != "synthetic" and not d.path:
+        problems.append(f"data.path is required for data={d.kind} (the annotation file or folder)")
+    if d.group_regex:
+        try:
+            re.compile(d.group_regex)
+        except re.error as exc:
+            problems.append(f"data.group_regex={d.group_regex!r} is not a valid regex: {exc}")
+
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
