@@ -1,0 +1,43 @@
+# bookseg: `make help` lists the targets.
+PYTHON ?= python
+EXP ?= smoke
+SWEEP ?= anchors
+PORT ?= 5000
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test test-all run experiment sweep ui print-config check-data clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+setup: ## Install bookseg and its dependencies (editable) into the current Python
+	$(PYTHON) -m pip install --upgrade pip
+	$(PYTHON) -m pip install -e ".[dev]"
+
+test: ## Run the default test suite (minutes; long runs excluded); fails if no test ran
+	$(PYTHON) -m pytest -m "not slow" -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+test-all: ## Run every test, including the slow ones (main job quality, long resumes)
+	$(PYTHON) -m pytest -q; rc=$$?; [ $$rc -eq 5 ] && exit 1; exit $$rc
+
+run: ## Run the main job: 3-fold CV on the synthetic shelves (minutes on a CPU)
+	$(PYTHON) -m bookseg.run
+
+experiment: ## Run one experiment: make experiment EXP=anchors_small
+	$(PYTHON) -m bookseg.run +experiment=$(EXP)
+
+sweep: ## Run a sweep preset: make sweep SWEEP=anchors (conf/sweep/)
+	$(PYTHON) -m bookseg.run +sweep=$(SWEEP)
+
+ui: ## Serve the MLflow UI on http://127.0.0.1:$(PORT) for the local store
+	$(PYTHON) -m mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(PORT)
+
+print-config: ## Print the resolved config of an experiment: make print-config EXP=anchors_small
+	$(PYTHON) -m bookseg.run +experiment=$(EXP) --cfg job --resolve
+
+check-data: ## Summarise and validate a data set: make check-data DATA=path/to/via.json
+	$(PYTHON) -m bookseg data check $(DATA)
+
+clean: ## Remove caches and Hydra outputs (keeps mlflow.db and mlruns/)
+	rm -rf .pytest_cache .ruff_cache outputs multirun .cache

@@ -1,0 +1,1 @@
+"""The cross-validated experiment behind `python -m bookseg.run`: data, folds, one training per fold."""

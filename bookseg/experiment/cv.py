@@ -1,0 +1,87 @@
+"""Cross-validation: split once (saved as folds.json), train each fold in a child run, aggregate on the parent."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from bookseg.data.folds import load_folds, make_folds, save_folds, split
+from bookseg.experiment.fold import FOLD_METRICS, run_fold, total_epochs
+from bookseg.tracking.callbacks import JobProgress
+from bookseg.tracking.mlflow_runs import RunState, open_fold_run
+
+
+def prepare_folds(cfg: DictConfig, dataset, job_dir: Path) -> list[list[str]]:
+    """Folds of this job: reuse `job_dir/folds.json` when resuming, else split and save."""
+    path = job_dir / "folds.json"
+    if path.exists():
+        return load_folds(path)["folds"]
+    folds = make_folds(dataset.records, cfg.cv.k, seed=cfg.cv.seed, stratify=cfg.cv.stratify)
+    group_by = cfg.data.group_regex or cfg.data.group_attribute or "image"
+    save_folds(folds, path, {"k": cfg.cv.k, "seed": cfg.cv.seed, "group_by": group_by,
+                             "groups": {r.image_id: r.group for r in dataset.records}})
+    return folds
+
+
+def cross_validate(cfg: DictConfig, dataset, job_dir: Path, state: RunState) -> dict[int, dict[str, float]]:
+    """Run every selected fold not finished yet; returns {fold: metrics} for all selected folds."""
+    folds = prepare_folds(cfg, dataset, job_dir)
+    mlflow.log_artifact(str(job_dir / "folds.json"))
+    selected = list(cfg.cv.folds) if cfg.cv.folds is not None else list(range(cfg.cv.k))
+    todo = [i for i in selected if not state.fold(i).get("metrics")]
+    progress = JobProgress(total_epochs(cfg) * len(todo))
+    results: dict[int, dict[str, float]] = {}
+    for index in selected:
+        fold_state = state.fold(index)
+        if fold_state.get("metrics"):
+            print(f"fold {index}: already finished in this run, not trained again", flush=True)
+            results[index] = fold_state["metrics"]
+            continue
+        train, val = split(dataset.records, folds, index)
+        print(f"fold {index}: {len(train)} training / {len(val)} validation images", flush=True)
+        with open_fold_run(state, index):
+            mlflow.log_params({"fold": index, "n_train": len(train), "n_val": len(val)})
+            metrics = run_fold(cfg, index, train, val, dataset.class_names, job_dir / f"fold{index}", progress)
+        fold_state["metrics"] = metrics
+        state.save()
+        results[index] = metrics
+    return results
+
+
+def aggregate(results: dict[int, dict[str, float]]) -> dict[str, float]:
+    """Mean and (population) std across folds of every fold metric: `cv/<name>_mean`, `cv/<name>_std`."""
+    out = {}
+    for name in FOLD_METRICS:
+        values = np.array([m[name] for m in results.values()], float)
+        out[f"cv/{name}_mean"] = float(values.mean())
+        out[f"cv/{name}_std"] = float(values.std())
+    out["cv/n_folds"] = float(len(results))
+    return out
+
+
+def results_table(results: dict[int, dict[str, float]], summary: dict[str, float]) -> str:
+    """Plain-text table: one row per fold, then mean ± std."""
+    names = ("mask_ap50", "mask_ap", "mask_ap75", "box_ap", "mask_ap50_matterport")
+    width = max(len(n) for n in names) + 2
+    lines = ["fold".ljust(8) + "".join(n.rjust(width) for n in names)]
+    for index in sorted(results):
+        lines.append(f"{index:<8}" + "".join(f"{results[index][n]:.3f}".rjust(width) for n in names))
+    lines.append(
+        "mean±std".ljust(8)
+        + "".join(f"{summary[f'cv/{n}_mean']:.3f}±{summary[f'cv/{n}_std']:.3f}".rjust(width) for n in names)
+    )
+    return "\n".join(lines)
+
+
+def log_config(cfg: DictConfig, job_dir: Path) -> None:
+    path = job_dir / "config.yaml"
+    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    mlflow.log_artifact(str(path))
+
+
+def finite_or_nan(value: float) -> float:
+    return value if math.isfinite(value) else float("nan")

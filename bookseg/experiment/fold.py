@@ -1,0 +1,151 @@
+"""Train and evaluate one cross-validation fold inside its MLflow child run."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from bookseg import factory
+from bookseg.data.images import load_image_rgb
+from bookseg.data.records import ImageRecord
+from bookseg.tracking.callbacks import EpochCheckpoint, JobProgress, MlflowEpochLogger
+from bookseg.tracking.plots import plot_loss_curves
+
+FOLD_METRICS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "box_ap75", "mask_ap50_matterport")
+_DETECT_CHUNK = 8  # images per detect() call while evaluating: bounds memory on large folds
+
+
+def total_epochs(cfg: DictConfig) -> int:
+    return sum(int(s.epochs) for s in cfg.stages.schedule)
+
+
+def stage_of_epoch(cfg: DictConfig):
+    """Function epoch index (0-based, global) -> 'i/n layers' label of the stage it belongs to."""
+    bounds = np.cumsum([int(s.epochs) for s in cfg.stages.schedule])
+    n = len(bounds)
+
+    def label(epoch: int) -> str:
+        i = min(int(np.searchsorted(bounds, epoch, side="right")), n - 1)
+        return f"{i + 1}/{n} {cfg.stages.schedule[i].layers}"
+
+    return label
+
+
+def run_fold(cfg: DictConfig, index: int, train: list[ImageRecord], val: list[ImageRecord],
+             class_names: list[str], fold_dir: Path, progress: JobProgress) -> dict[str, float]:
+    """Train fold `index` (resuming from its last checkpoint), evaluate it, log everything to MLflow.
+
+    Returns the fold's metrics (FOLD_METRICS), also logged on the active (child) run.
+    """
+    from bookseg.data.augment import build_augmentation
+    from bookseg.mrcnn.inputs import make_dataset
+    from bookseg.mrcnn.model import MaskRCNN
+    from bookseg.mrcnn.training import train_stages
+    from bookseg.mrcnn.weights import find_last_checkpoint, load_checkpoint, load_weights
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(cfg.seed + index)
+    config = factory.mrcnn_config(cfg, num_classes=len(class_names) + 1)
+    model = MaskRCNN(config)
+
+    ckpt_dir = fold_dir / "checkpoints"
+    last = find_last_checkpoint(ckpt_dir)
+    initial_epoch = 0
+    if last is not None:
+        path, initial_epoch = last
+        load_checkpoint(model, path)
+        progress.skip(initial_epoch)
+        print(f"fold {index}: resuming from {path} (epoch {initial_epoch})", flush=True)
+    elif cfg.model.weights:
+        report = load_weights(model, Path(cfg.model.weights).expanduser(), exclude=list(cfg.model.weights_exclude))
+        print(report.summary(), flush=True)
+        mlflow.log_text(report.summary(), "weights_load_report.txt")
+
+    augment = build_augmentation(OmegaConf.to_container(cfg.augmentation.transforms, resolve=True),
+                                 seed=cfg.seed + index)
+    train_data = make_dataset(train, config, class_names, augment=augment, shuffle=True,
+                              seed=cfg.seed + index, repeat=True)
+    val_data = make_dataset(val, config, class_names, shuffle=False, seed=0, repeat=True)
+
+    callbacks = [
+        MlflowEpochLogger(),
+        EpochCheckpoint(ckpt_dir),
+        progress.callback(index, cfg.cv.k, stage_of_epoch(cfg)),
+    ]
+    if cfg.tracking.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(fold_dir / "tensorboard"), write_graph=False,
+                                                     profile_batch=0))
+    if initial_epoch < total_epochs(cfg):
+        train_stages(
+            model, train_data, val_data if cfg.stages.validation_steps else None,
+            factory.stages(cfg), factory.optimizer_spec(cfg),
+            steps_per_epoch=cfg.stages.steps_per_epoch, validation_steps=cfg.stages.validation_steps,
+            callbacks=callbacks, initial_epoch=initial_epoch, verbose=2,
+        )
+
+    metrics, overlays = evaluate_fold(cfg, model, val, class_names)
+    mlflow.log_metrics(metrics)
+    _log_artifacts(cfg, model, fold_dir, overlays, index)
+    return metrics
+
+
+def evaluate_fold(cfg: DictConfig, model, val: list[ImageRecord], class_names: list[str]):
+    """Detect on the validation images and score them; returns (metrics, [(record, image, prediction)])."""
+    from bookseg.evaluation.coco_eval import evaluate
+
+    records = val[: cfg.eval.max_images] if cfg.eval.max_images else val
+    predictions, kept = [], []
+    for start in range(0, len(records), _DETECT_CHUNK):
+        chunk = records[start:start + _DETECT_CHUNK]
+        images = [load_image_rgb(r.path) for r in chunk]
+        results = model.detect(images, min_confidence=cfg.eval.min_confidence)
+        predictions.extend(results)
+        kept.extend(
+            (r, img, res) for r, img, res in zip(chunk, images, results)
+            if len(kept) < cfg.tracking.overlays
+        )
+    scores = evaluate(records, predictions, class_names)
+    metrics = {name: float(scores[name]) for name in FOLD_METRICS}
+    return metrics, kept[: cfg.tracking.overlays]
+
+
+def _log_artifacts(cfg: DictConfig, model, fold_dir: Path, overlays, index: int) -> None:
+    from bookseg.viz import draw_instances, save_image, side_by_side
+
+    run = mlflow.active_run()
+    client = mlflow.MlflowClient()
+    history = _history_from_mlflow(client, run.info.run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        plot_loss_curves(history, tmp / "loss_curves.png", title=f"fold {index}")
+        mlflow.log_artifact(str(tmp / "loss_curves.png"))
+        for i, (record, image, pred) in enumerate(overlays):
+            gt = draw_instances(image, record.masks())
+            dt = draw_instances(image, pred["masks"], scores=pred["scores"])
+            path = tmp / f"val_{i:02d}_{Path(record.image_id).stem}.jpg"
+            save_image(path, side_by_side(gt, dt))
+            mlflow.log_artifact(str(path), "overlays")
+        if cfg.tracking.log_weights:
+            weights = tmp / f"mask_rcnn_fold{index}.weights.h5"
+            model.save_weights(str(weights))
+            mlflow.log_artifact(str(weights), "weights")
+    tb = fold_dir / "tensorboard"
+    if tb.exists():
+        mlflow.log_artifacts(str(tb), "tensorboard")
+
+
+def _history_from_mlflow(client, run_id: str) -> list[dict]:
+    """Per-epoch logs rebuilt from the run's metric history (complete even after a resume)."""
+    from bookseg.mrcnn.config import LOSS_NAMES
+
+    by_epoch: dict[int, dict] = {}
+    for name in ("loss",) + LOSS_NAMES:
+        for split, prefix in (("train", ""), ("val", "val_")):
+            for m in client.get_metric_history(run_id, f"{split}/{name}"):
+                by_epoch.setdefault(m.step, {})[prefix + name] = m.value
+    return [by_epoch[e] for e in sorted(by_epoch)]

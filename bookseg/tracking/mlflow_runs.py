@@ -1,0 +1,136 @@
+"""MLflow run layout: one experiment per study, one parent run per Hydra job, one child run per fold.
+
+Resuming: a job is identified by a hash of its resolved config and data fingerprint (`run_key`). The
+parent and child run ids live in `<work_dir>/<run_key>/state.json` beside the checkpoints, so running
+the same command again after a crash reopens the same MLflow runs instead of creating new ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# Keys that do not change what is trained (where results go, how much is logged) stay out of the run key.
+_KEY_EXCLUDED = ("tracking", "resume", "work_dir", "study", "tags")
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    """Tracking URI: config value, else $MLFLOW_TRACKING_URI, else the local sqlite store."""
+    return cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def flatten(tree, prefix: str = "") -> dict[str, str]:
+    """Flatten nested dicts/lists into dotted keys with string values (MLflow params)."""
+    out: dict[str, str] = {}
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+    elif isinstance(tree, list) and any(isinstance(v, (dict, list)) for v in tree):
+        for i, value in enumerate(tree):
+            out.update(flatten(value, f"{prefix}{i}."))
+    else:
+        out[prefix[:-1]] = str(tree)
+    return out
+
+
+def run_key(cfg: DictConfig, data_fingerprint: str) -> str:
+    """Short hash identifying what a job trains: resolved config (minus logging keys) + data."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for key in _KEY_EXCLUDED:
+        resolved.pop(key, None)
+    text = json.dumps(resolved, sort_keys=True) + data_fingerprint
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def git_commit() -> tuple[str, bool]:
+    """(commit sha, dirty) of the repository bookseg runs from; ("unknown", False) outside git."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root, capture_output=True, text=True, check=True,
+            ).stdout.strip()
+        )
+        return sha, dirty
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", False
+
+
+class RunState:
+    """Run ids and finished folds of one job, persisted as JSON next to its checkpoints."""
+
+    def __init__(self, directory: Path):
+        self.path = Path(directory) / "state.json"
+        self.data = json.loads(self.path.read_text()) if self.path.exists() else {"folds": {}}
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        tmp.replace(self.path)
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self.data.get("parent_run_id")
+
+    def fold(self, index: int) -> dict:
+        return self.data["folds"].setdefault(str(index), {})
+
+
+def open_parent_run(cfg: DictConfig, state: RunState, *, run_name: str, overrides: list[str],
+                    data_fingerprint: str, key: str) -> mlflow.ActiveRun:
+    """Start the job's parent run, or reopen it when `state` holds an unfinished one."""
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    experiment = mlflow.set_experiment(cfg.tracking.experiment)
+    client = MlflowClient()
+    run_id = state.parent_run_id
+    if run_id is not None:
+        try:
+            existing = client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            existing = None
+        if existing is not None and existing.info.experiment_id == experiment.experiment_id:
+            return mlflow.start_run(run_id=run_id)
+    sha, dirty = git_commit()
+    run = mlflow.start_run(run_name=run_name)
+    state.data["parent_run_id"] = run.info.run_id
+    state.save()
+    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    # MLflow caps one log_params call at 100 params.
+    items = sorted(params.items())
+    for start in range(0, len(items), 100):
+        mlflow.log_params(dict(items[start:start + 100]))
+    mlflow.set_tags({
+        "bookseg.run_key": key,
+        "bookseg.overrides": " ".join(overrides) or "(none)",
+        "bookseg.data_fingerprint": data_fingerprint,
+        "bookseg.tags": ",".join(cfg.tags),
+        "mlflow.source.git.commit": sha,
+        "bookseg.git_dirty": str(dirty),
+        "cv_k": str(cfg.cv.k),
+    })
+    return run
+
+
+def open_fold_run(state: RunState, index: int) -> mlflow.ActiveRun:
+    """Start (or reopen) the nested child run of fold `index` under the active parent run."""
+    fold = state.fold(index)
+    if fold.get("run_id"):
+        return mlflow.start_run(run_id=fold["run_id"], nested=True)
+    run = mlflow.start_run(run_name=f"fold{index}", nested=True)
+    mlflow.set_tag("fold", str(index))
+    fold["run_id"] = run.info.run_id
+    state.save()
+    return run

@@ -1,0 +1,95 @@
+"""Every experiment and sweep preset composes, passes validation and builds model settings."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from bookseg import factory
+from bookseg.config.schema import register_configs
+from bookseg.config.validate import ConfigError, validate
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+REQUIRED = {
+    "anchors_small", "anchors_tiny", "anchors_spines", "aug_flips", "aug_flips_rotate", "optimizer_sgd_clip",
+    "optimizer_adamw", "weight_decay_high", "stages_heads_only", "stages_heads_4plus_all", "smoke",
+}
+
+register_configs()
+
+
+def _compose(overrides=()):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_required_experiments_exist():
+    assert REQUIRED <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_and_validates(name):
+    cfg = _compose([f"+experiment={name}"])
+    validate(cfg)
+    config = factory.mrcnn_config(cfg, num_classes=2)
+    assert len(config.rpn_anchor_scales) == 5
+    stages = factory.stages(cfg)
+    assert stages and all(s.epochs >= 1 for s in stages)
+    header = (CONF / "experiment" / f"{name}.yaml").read_text().splitlines()
+    assert header[0] == "# @package _global_"
+    assert any(line.startswith("# Question:") for line in header[:4])
+    assert any(f"+experiment={name}" in line for line in header[:6])
+
+
+def test_experiments_change_what_they_say():
+    base = _compose()
+    assert list(_compose(["+experiment=anchors_small"]).anchors.scales) == [16, 32, 64, 128, 256]
+    assert list(base.anchors.scales) == [32, 64, 128, 256, 512]
+    assert list(_compose(["+experiment=anchors_tiny"]).anchors.scales) == [8, 16, 32, 64, 128]
+    spines = _compose(["+experiment=anchors_spines"]).anchors.ratios
+    assert min(spines) <= 0.25
+    assert [s.layers for s in _compose(["+experiment=stages_heads_4plus_all"]).stages.schedule] == [
+        "heads", "4+", "all"]
+    assert _compose(["+experiment=optimizer_adamw"]).optimizer.name == "adamw"
+    wd = _compose(["+experiment=weight_decay_high"]).optimizer
+    assert wd.weight_decay > base.optimizer.weight_decay and wd.weight_decay_mode == "l2"
+
+
+@pytest.mark.parametrize("name", ["anchors", "augmentation", "stages", "optuna", "parallel"])
+def test_sweep_presets_compose(name):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"+sweep={name}"], return_hydra_config=True)
+    validate(cfg)
+
+
+@pytest.mark.parametrize("override, message", [
+    (["model.image_max_dim=300"], "divisible by 64"),
+    (["anchors.scales=[32,64,128]"], "one scale per level"),
+    (["cv.k=1"], "k >= 2"),
+    (["+stages.schedule=[{layers: head, epochs: 1, learning_rate: 0.01}]"], "not a known stage"),
+    (["optimizer.name=adam"], "sgd or adamw"),
+    (["data=via"], "data.path is required"),
+])
+def test_bad_values_are_rejected_with_the_key(override, message):
+    # `+stages.schedule=` would append; use a plain override for that case.
+    override = [o.lstrip("+") for o in override]
+    cfg = _compose(override)
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
+
+
+def test_typos_are_rejected_by_the_schema():
+    with pytest.raises(ConfigCompositionException):
+        _compose(["optimizer.momentun=0.8"])
+    with pytest.raises(ConfigCompositionException):
+        _compose(["cv.k=two"])
+
+
+def test_augmentation_presets_are_albumentations_targets():
+    for preset in ("none", "hflip", "flips", "flips_rotate", "heavy"):
+        cfg = _compose([f"augmentation={preset}"])
+        for item in OmegaConf.to_container(cfg.augmentation.transforms):
+            assert item["_target_"].startswith("albumentations.")
