@@ -23,9 +23,13 @@ from bookseg.config.schema import register_configs
 from bookseg.config.validate import validate
 from bookseg.experiment.cv import aggregate, cross_validate, log_config, results_table
 from bookseg.experiment.data import fingerprint, load_data
-from bookseg.tracking.mlflow_runs import RunState, open_parent_run, run_key, tracking_uri
+from bookseg.tracking.mlflow_runs import RunState, open_parent_run, record_failed_job, run_key, tracking_uri
 
 register_configs()
+
+
+def _overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def job_directory(cfg: DictConfig, key: str) -> Path:
@@ -39,7 +43,8 @@ def job_directory(cfg: DictConfig, key: str) -> Path:
     return base / f"attempt{attempt}"
 
 
-def run(cfg: DictConfig) -> float:
+def run(cfg: DictConfig, opened: dict) -> float:
+    """The job; `opened["run_id"]` is set once the MLflow parent run exists (for failure reporting)."""
     validate(cfg)
     dataset = load_data(cfg)
     print(dataset.report.summary() if dataset.report else "", flush=True)
@@ -48,11 +53,12 @@ def run(cfg: DictConfig) -> float:
     job_dir = job_directory(cfg, key)
     job_dir.mkdir(parents=True, exist_ok=True)
     state = RunState(job_dir)
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    overrides = _overrides()
     name = "+".join(o.split("=", 1)[1] for o in overrides if o.startswith("+experiment=")) or "main"
     run_name = f"{name} " + " ".join(o for o in overrides if not o.startswith("+experiment=")).strip()
     with open_parent_run(cfg, state, run_name=run_name.strip(), overrides=overrides,
                          data_fingerprint=data_print, key=key) as parent:
+        opened["run_id"] = parent.info.run_id
         log_config(cfg, job_dir)
         results = cross_validate(cfg, dataset, job_dir, state)
         summary = aggregate(results)
@@ -68,11 +74,15 @@ def run(cfg: DictConfig) -> float:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
+    opened: dict = {}
     try:
-        return run(cfg)
-    except Exception:
-        # In a sweep one failed point must not stop the others: the MLflow run is already marked
-        # FAILED by the context manager; report and hand the sweeper a NaN objective.
+        return run(cfg, opened)
+    except Exception as exc:
+        # An exception inside the parent run marks it FAILED on exit; one that happens before (bad config,
+        # unreadable data) still gets a FAILED run, so a sweep point never vanishes from MLflow.
+        if "run_id" not in opened:
+            record_failed_job(cfg, _overrides(), exc)
+        # In a sweep one failed point must not stop the others: hand the sweeper a NaN objective.
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             traceback.print_exc()
             return float("nan")

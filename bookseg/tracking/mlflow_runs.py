@@ -134,3 +134,19 @@ def open_fold_run(state: RunState, index: int) -> mlflow.ActiveRun:
     fold["run_id"] = run.info.run_id
     state.save()
     return run
+
+
+def record_failed_job(cfg: DictConfig, overrides: list[str], error: BaseException) -> str | None:
+    """Create a FAILED parent run holding the error, for jobs that fail before their run exists."""
+    try:
+        mlflow.set_tracking_uri(tracking_uri(cfg))
+        mlflow.set_experiment(cfg.tracking.experiment)
+        with mlflow.start_run(run_name="failed: " + (" ".join(overrides) or "main")) as run:
+            mlflow.set_tags({"bookseg.overrides": " ".join(overrides) or "(none)",
+                             "bookseg.error": f"{type(error).__name__}: {error}"[:5000]})
+            mlflow.log_text(f"{type(error).__name__}: {error}", "error.txt")
+            mlflow.end_run(status="FAILED")
+        return run.info.run_id
+    except Exception as exc:  # the tracking store itself may be what failed
+        print(f"could not record the failure in MLflow: {exc}")
+        return None

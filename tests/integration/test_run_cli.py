@@ -1,0 +1,101 @@
+"""`python -m bookseg.run` end to end through the real CLI, checked through the MLflow client."""
+
+import signal
+import time
+from pathlib import Path
+
+from bookseg.mrcnn.config import LOSS_NAMES
+
+FOLD_METRICS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "mask_ap50_matterport")
+
+
+def _artifact_paths(client, run_id, path=""):
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out.extend(_artifact_paths(client, run_id, item.path) if item.is_dir else [item.path])
+    return out
+
+
+def test_smoke_experiment_logs_parent_and_fold_runs(cli):
+    proc = cli.run("+experiment=smoke")
+    assert "mean±std" in proc.stdout and "mlflow ui" in proc.stdout
+
+    parents, children = cli.runs()
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["model.backbone"] == "tiny"
+    assert parent.data.params["cv.k"] == "2"
+    assert "+experiment=smoke" in parent.data.tags["bookseg.overrides"]
+    assert len(parent.data.tags["mlflow.source.git.commit"]) in (40, 7) or \
+        parent.data.tags["mlflow.source.git.commit"] == "unknown"
+    assert parent.data.tags["bookseg.data_fingerprint"]
+    for name in FOLD_METRICS:
+        assert 0.0 <= parent.data.metrics[f"cv/{name}_mean"] <= 1.0
+        assert parent.data.metrics[f"cv/{name}_std"] >= 0.0
+    client = cli.client()
+    parent_artifacts = _artifact_paths(client, parent.info.run_id)
+    assert {"config.yaml", "folds.json", "results.txt"} <= set(parent_artifacts)
+
+    assert sorted(c.data.tags["fold"] for c in children) == ["0", "1"]
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == "FINISHED"
+        for name in FOLD_METRICS:
+            assert 0.0 <= child.data.metrics[name] <= 1.0
+        for name in ("loss",) + LOSS_NAMES:
+            for split in ("train", "val"):
+                history = client.get_metric_history(child.info.run_id, f"{split}/{name}")
+                assert [m.step for m in history] == [1, 2], (split, name)
+        artifacts = _artifact_paths(client, child.info.run_id)
+        assert "loss_curves.png" in artifacts
+        assert any(a.startswith("overlays/") and a.endswith(".jpg") for a in artifacts)
+        assert any(a.startswith("weights/") and a.endswith(".weights.h5") for a in artifacts)
+        assert any(a.startswith("tensorboard/") for a in artifacts)
+
+
+def test_two_point_sweep_gives_one_parent_run_per_point(cli):
+    cli.run("-m", "+experiment=smoke", "anchors=default,small", "study=sweep_test")
+    parents, children = cli.runs("bookseg/sweep_test")
+    assert len(parents) == 2 and len(children) == 4
+    assert all(p.info.status == "FINISHED" for p in parents)
+    scales = sorted(p.data.params["anchors.scales"] for p in parents)
+    assert scales == ["[16, 32, 64, 128, 256]", "[32, 64, 128, 256, 512]"]
+
+
+def test_failed_sweep_point_is_recorded_and_the_sweep_goes_on(cli):
+    cli.run("-m", "+experiment=smoke", "model.image_max_dim=100,128", "study=sweep_fail", check=False)
+    parents, _ = cli.runs("bookseg/sweep_fail")
+    statuses = sorted(p.info.status for p in parents)
+    assert statuses == ["FAILED", "FINISHED"]
+    failed = next(p for p in parents if p.info.status == "FAILED")
+    assert "divisible by 64" in failed.data.tags["bookseg.error"]
+
+
+def test_killed_run_resumes_without_duplicates(cli):
+    proc = cli.popen("+experiment=smoke")
+    # Kill once fold 1 has written its first checkpoint (fold 0 is then finished).
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+        if list(Path(cli.root, "outputs", "runs").glob("*/attempt0/fold1/checkpoints/*.weights.h5")):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed:\n" + \
+        Path(cli.root, "popen.log").read_text()[-3000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    second = cli.run("+experiment=smoke")
+    assert "fold 0: already finished" in second.stdout
+    assert "fold 1: resuming from" in second.stdout
+
+    parents, children = cli.runs()
+    assert len(parents) == 1 and len(children) == 2
+    assert parents[0].info.status == "FINISHED"
+    client = cli.client()
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")]
+        assert steps == [1, 2], steps
+    fold0 = next(c for c in children if c.data.tags["fold"] == "0")
+    # fold 0's final metrics were logged once, in the first process
+    assert len(client.get_metric_history(fold0.info.run_id, "mask_ap50")) == 1
