@@ -110,8 +110,13 @@ def draw_instances(
         cv2.drawContours(out, contours, -1, _color_tuple(colors[k]), thickness, lineType=cv2.LINE_8)
     if boxes is not None:
         for k, (y1, x1, y2, x2) in enumerate(np.asarray(boxes, np.int64)):
-            cv2.rectangle(out, (int(x1), int(y1)), (int(x2) - 1, int(y2) - 1), _color_tuple(colors[k]),
-                          max(1, thickness // 2))
+            cv2.rectangle(
+                out,
+                (int(x1), int(y1)),
+                (int(x2) - 1, int(y2) - 1),
+                _color_tuple(colors[k]),
+                max(1, thickness // 2),
+            )
     placed: list[tuple[int, int, int, int]] = []  # tag rectangles so far, to avoid stacking tags
     for k, crop in enumerate(crops):
         parts = [str(k + 1)] if numbered else []

@@ -50,13 +50,15 @@ def test_fill_and_outline_colours(size):
         assert edge.sum() > 20
         assert (out[edge] == colors[k]).all(), f"instance {k}: outline pixels not in its colour"
         # Deep inside (farther than the line width from the edge): exact 50 % blend.
-        far = cv2.erode(masks[..., k].astype(np.uint8), np.ones((3, 3), np.uint8),
-                        iterations=line_width(image.shape) + 1).astype(bool)
+        far = cv2.erode(
+            masks[..., k].astype(np.uint8), np.ones((3, 3), np.uint8), iterations=line_width(image.shape) + 1
+        ).astype(bool)
         expected = np.rint(0.5 * 100 + 0.5 * colors[k].astype(float)).astype(np.uint8)
         assert (out[far] == expected).all()
     # Far from every instance nothing changes.
-    outside = ~cv2.dilate(masks.any(-1).astype(np.uint8), np.ones((3, 3), np.uint8),
-                          iterations=line_width(image.shape) + 1).astype(bool)
+    outside = ~cv2.dilate(
+        masks.any(-1).astype(np.uint8), np.ones((3, 3), np.uint8), iterations=line_width(image.shape) + 1
+    ).astype(bool)
     assert (out[outside] == 100).all()
 
 

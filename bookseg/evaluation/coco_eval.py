@@ -70,12 +70,12 @@ def ground_truth(record: ImageRecord, class_names: Sequence[str]) -> dict:
             stacklevel=2,
         )
     masks = masks[..., keep]
-    return dict(
-        rois=boxes_from_masks(masks),
-        class_ids=np.asarray(class_ids, np.int32).reshape(-1)[keep],
-        masks=masks,
-        iscrowd=iscrowd.reshape(-1)[keep],
-    )
+    return {
+        "rois": boxes_from_masks(masks),
+        "class_ids": np.asarray(class_ids, np.int32).reshape(-1)[keep],
+        "masks": masks,
+        "iscrowd": iscrowd.reshape(-1)[keep],
+    }
 
 
 def records_to_coco(records: Sequence[ImageRecord], class_names: Sequence[str]) -> dict:
@@ -107,13 +107,13 @@ def predictions_to_coco(image_ids: Sequence[int], predictions: Sequence[dict]) -
         for k in range(len(class_ids)):
             y1, x1, y2, x2 = (float(v) for v in rois[k])
             results.append(
-                dict(
-                    image_id=int(image_id),
-                    category_id=int(class_ids[k]),
-                    bbox=[x1, y1, x2 - x1, y2 - y1],
-                    score=float(scores[k]),
-                    segmentation=rles[k],
-                )
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(class_ids[k]),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": float(scores[k]),
+                    "segmentation": rles[k],
+                }
             )
     return results
 
@@ -233,24 +233,31 @@ def _summary(coco_eval: COCOeval, prefix: str, max_detections: int) -> dict:
 def _coco_dataset(records, gts, class_names) -> dict:
     images, annotations = [], []
     for image_id, (record, gt) in enumerate(zip(records, gts), start=1):
-        images.append(dict(id=image_id, file_name=str(record.image_id), width=record.width, height=record.height))
+        images.append(
+            {
+                "id": image_id,
+                "file_name": str(record.image_id),
+                "width": record.width,
+                "height": record.height,
+            }
+        )
         rles = _encode(gt["masks"])
         areas = mask_util.area(rles) if rles else []
         for k, rle in enumerate(rles):
             y1, x1, y2, x2 = (int(v) for v in gt["rois"][k])
             annotations.append(
-                dict(
-                    id=len(annotations) + 1,
-                    image_id=image_id,
-                    category_id=int(gt["class_ids"][k]),
-                    segmentation=rle,
-                    area=float(areas[k]),
-                    bbox=[x1, y1, x2 - x1, y2 - y1],
-                    iscrowd=int(gt["iscrowd"][k]),
-                )
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(gt["class_ids"][k]),
+                    "segmentation": rle,
+                    "area": float(areas[k]),
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "iscrowd": int(gt["iscrowd"][k]),
+                }
             )
-    categories = [dict(id=k + 1, name=name) for k, name in enumerate(class_names)]
-    return dict(images=images, annotations=annotations, categories=categories)
+    categories = [{"id": k + 1, "name": name} for k, name in enumerate(class_names)]
+    return {"images": images, "annotations": annotations, "categories": categories}
 
 
 def _encode(masks: np.ndarray) -> list[dict]:
@@ -259,7 +266,7 @@ def _encode(masks: np.ndarray) -> list[dict]:
         return []
     # pycocotools needs uint8 in Fortran order; C-ordered input would be read transposed.
     rles = mask_util.encode(np.asfortranarray(masks.astype(np.uint8)))
-    return [dict(size=[int(s) for s in rle["size"]], counts=rle["counts"].decode("ascii")) for rle in rles]
+    return [{"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in rles]
 
 
 def _prediction_arrays(pred: dict, where: str):
@@ -280,5 +287,7 @@ def _prediction_arrays(pred: dict, where: str):
             f"and {n} masks"
         )
     if n and class_ids.min() < 1:
-        raise ValueError(f"{where}: prediction class ids must be >= 1 (0 is background), got {class_ids.min()}")
+        raise ValueError(
+            f"{where}: prediction class ids must be >= 1 (0 is background), got {class_ids.min()}"
+        )
     return rois, class_ids, scores, masks if masks.dtype == bool else masks > 0.5

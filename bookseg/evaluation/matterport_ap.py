@@ -215,12 +215,12 @@ def mean_mask_ap(
             raise ValueError(f'image "{name}": {error}') from error
         per_image.append(ap)
     evaluated = [ap for ap in per_image if not math.isnan(ap)]
-    return dict(
-        ap=float(np.mean(evaluated)) if evaluated else math.nan,
-        n_images=len(per_image),
-        n_skipped=len(per_image) - len(evaluated),
-        per_image=per_image,
-    )
+    return {
+        "ap": float(np.mean(evaluated)) if evaluated else math.nan,
+        "n_images": len(per_image),
+        "n_skipped": len(per_image) - len(evaluated),
+        "per_image": per_image,
+    }
 
 
 def _ap_from_overlaps(
@@ -292,7 +292,7 @@ def _instances(what: str, boxes, class_ids, masks) -> dict:
         raise ValueError(f"{what}: boxes have shape {boxes.shape}, expected ({n}, 4) to match the masks")
     if class_ids.shape[0] != n:
         raise ValueError(f"{what}: {class_ids.shape[0]} class ids for {n} masks")
-    return dict(class_ids=class_ids, masks=masks)
+    return {"class_ids": class_ids, "masks": masks}
 
 
 def _as_bool_masks(masks, what: str) -> np.ndarray:

@@ -33,7 +33,8 @@ def rect_mask(y1, x1, y2, x2, height=H, width=W):
 
 def record(image_id, *rects, crowd=()):
     instances = [
-        Instance("book", mask=rect_mask(*r), region=f"region {k}", iscrowd=k in crowd) for k, r in enumerate(rects)
+        Instance("book", mask=rect_mask(*r), region=f"region {k}", iscrowd=k in crowd)
+        for k, r in enumerate(rects)
     ]
     return ImageRecord(image_id, Path(f"/nowhere/{image_id}"), W, H, instances, source="test.json")
 
@@ -45,8 +46,12 @@ def perfect_predictions(records):
         masks = rec.masks()
         n = masks.shape[-1]
         preds.append(
-            dict(rois=boxes_from_masks(masks), class_ids=np.ones(n, np.int32), scores=np.full(n, 0.9, np.float32),
-                 masks=masks)
+            {
+                "rois": boxes_from_masks(masks),
+                "class_ids": np.ones(n, np.int32),
+                "scores": np.full(n, 0.9, np.float32),
+                "masks": masks,
+            }
         )
     return preds
 
@@ -62,8 +67,8 @@ def shelf():
 def test_records_to_coco_fields():
     dataset = records_to_coco(shelf(), CLASSES)
     assert [img["id"] for img in dataset["images"]] == [1, 2, 3]
-    assert dataset["images"][0] == dict(id=1, file_name="a.jpg", width=W, height=H)
-    assert dataset["categories"] == [dict(id=1, name="book")]
+    assert dataset["images"][0] == {"id": 1, "file_name": "a.jpg", "width": W, "height": H}
+    assert dataset["categories"] == [{"id": 1, "name": "book"}]
     first = dataset["annotations"][0]
     assert first["image_id"] == 1 and first["category_id"] == 1 and first["iscrowd"] == 0
     assert first["bbox"] == [4, 4, 8, 36]  # x, y, w, h of rows 4..39, columns 4..11
@@ -79,7 +84,7 @@ def test_rle_round_trip_is_not_transposed():
 
     rec = record("a.jpg", (3, 5, 9, 40))
     rle = records_to_coco([rec], CLASSES)["annotations"][0]["segmentation"]
-    decoded = mask_util.decode(dict(size=rle["size"], counts=rle["counts"].encode()))
+    decoded = mask_util.decode({"size": rle["size"], "counts": rle["counts"].encode()})
     np.testing.assert_array_equal(decoded.astype(bool), rec.masks()[..., 0])
 
 
@@ -141,8 +146,15 @@ def test_partial_detection_values():
 
 def test_no_predictions_give_zero():
     records = shelf()
-    empty = [dict(rois=np.zeros((0, 4), np.int32), class_ids=np.zeros(0, np.int32),
-                  scores=np.zeros(0, np.float32), masks=np.zeros((H, W, 0), bool)) for _ in records]
+    empty = [
+        {
+            "rois": np.zeros((0, 4), np.int32),
+            "class_ids": np.zeros(0, np.int32),
+            "scores": np.zeros(0, np.float32),
+            "masks": np.zeros((H, W, 0), bool),
+        }
+        for _ in records
+    ]
     metrics = evaluate(records, empty, CLASSES)
     for key in (*COCO_METRIC_KEYS, "mask_ap50_matterport"):
         assert metrics[key] == 0.0, key
@@ -163,8 +175,13 @@ def test_crowd_regions_are_ignored():
 
 
 def test_uint8_masks_and_two_classes():
-    rec = ImageRecord("a.jpg", Path("a.jpg"), W, H, [
-        Instance("book", mask=rect_mask(0, 0, 20, 10)), Instance("box", mask=rect_mask(0, 20, 20, 30))])
+    rec = ImageRecord(
+        "a.jpg",
+        Path("a.jpg"),
+        W,
+        H,
+        [Instance("book", mask=rect_mask(0, 0, 20, 10)), Instance("box", mask=rect_mask(0, 20, 20, 30))],
+    )
     pred = perfect_predictions([rec])[0]
     pred["masks"] = pred["masks"].astype(np.uint8)
     pred["class_ids"] = np.array([1, 2], np.int32)
@@ -187,8 +204,11 @@ def test_bad_input_errors_name_the_image():
 
 def test_empty_ground_truth_mask_is_left_out_with_warning():
     rec = record("a.jpg", (4, 4, 40, 12))
-    rec.instances.append(Instance("book", polygon=np.array([[-30.0, -30], [-20, -30], [-20, -20]]),
-                                  region="region 7 (polygon)"))
+    rec.instances.append(
+        Instance(
+            "book", polygon=np.array([[-30.0, -30], [-20, -30], [-20, -20]]), region="region 7 (polygon)"
+        )
+    )
     with pytest.warns(UserWarning, match=r'"a.jpg": 1 instance\(s\) with an empty mask .*region 7'):
         gt = ground_truth(rec, CLASSES)
     assert gt["masks"].shape == (H, W, 1) and gt["class_ids"].tolist() == [1]
@@ -227,8 +247,16 @@ def load_bookshelf_valid():
             for poly in ann["segmentation"]:
                 mask |= rasterize_polygon(np.reshape(poly, (-1, 2)), img["height"], img["width"])
             instances.append(Instance("book", mask=mask, region=f"annotation {ann['id']}"))
-        records.append(ImageRecord(img["file_name"], root / img["file_name"], img["width"], img["height"],
-                                   instances, source=str(root / "annotations.json")))
+        records.append(
+            ImageRecord(
+                img["file_name"],
+                root / img["file_name"],
+                img["width"],
+                img["height"],
+                instances,
+                source=str(root / "annotations.json"),
+            )
+        )
     return records
 
 
@@ -250,3 +278,10 @@ def test_real_annotations_perfect_and_degraded():
     worse = evaluate(records, preds, CLASSES)
     for key in (*COCO_METRIC_KEYS, "mask_ap50_matterport"):
         assert 0.0 < worse[key] < 1.0, key
+
+
+def test_max_detections_caps_detections_per_image():
+    # Keeping 1 detection per image finds 2 of the 4 books at precision 1: AP = 51/101.
+    records = shelf()
+    metrics = coco_metrics(records, perfect_predictions(records), CLASSES, max_detections=1)
+    assert metrics["mask_ap"] == pytest.approx(51 / 101) and metrics["box_ap50"] == pytest.approx(51 / 101)

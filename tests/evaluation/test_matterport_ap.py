@@ -29,18 +29,23 @@ def instances(*rects, class_ids=None, scores=None):
     """A detect-style dict for rectangles (class 1 and decreasing scores unless given)."""
     masks = rect_masks(*rects)
     n = len(rects)
-    return dict(
-        rois=boxes_from_masks(masks),
-        class_ids=np.asarray(class_ids if class_ids is not None else [1] * n, np.int32),
-        scores=np.asarray(scores if scores is not None else np.linspace(0.9, 0.5, n), np.float32),
-        masks=masks,
-    )
+    return {
+        "rois": boxes_from_masks(masks),
+        "class_ids": np.asarray(class_ids if class_ids is not None else [1] * n, np.int32),
+        "scores": np.asarray(scores if scores is not None else np.linspace(0.9, 0.5, n), np.float32),
+        "masks": masks,
+    }
 
 
 def ap_of(gt, pred, iou_threshold=0.5):
     return compute_ap(
-        gt["rois"], gt["class_ids"], gt["masks"],
-        pred["rois"], pred["class_ids"], pred["scores"], pred["masks"],
+        gt["rois"],
+        gt["class_ids"],
+        gt["masks"],
+        pred["rois"],
+        pred["class_ids"],
+        pred["scores"],
+        pred["masks"],
         iou_threshold,
     )
 
@@ -137,7 +142,13 @@ def test_class_mismatch_is_not_a_match():
     gt = instances(BOOK_A, class_ids=[1])
     pred = instances(BOOK_A, class_ids=[2])
     gt_match, pred_match, overlaps = compute_matches(
-        gt["rois"], gt["class_ids"], gt["masks"], pred["rois"], pred["class_ids"], pred["scores"], pred["masks"]
+        gt["rois"],
+        gt["class_ids"],
+        gt["masks"],
+        pred["rois"],
+        pred["class_ids"],
+        pred["scores"],
+        pred["masks"],
     )
     assert overlaps[0, 0] == 1.0
     assert gt_match.tolist() == [-1] and pred_match.tolist() == [-1]
@@ -149,7 +160,13 @@ def test_class_mismatch_moves_on_to_the_next_ground_truth():
     gt = instances((0, 0, 10, 10), (0, 0, 10, 8), class_ids=[2, 1])
     pred = instances((0, 0, 10, 10), class_ids=[1], scores=[0.9])
     gt_match, pred_match, overlaps = compute_matches(
-        gt["rois"], gt["class_ids"], gt["masks"], pred["rois"], pred["class_ids"], pred["scores"], pred["masks"]
+        gt["rois"],
+        gt["class_ids"],
+        gt["masks"],
+        pred["rois"],
+        pred["class_ids"],
+        pred["scores"],
+        pred["masks"],
     )
     np.testing.assert_allclose(overlaps, [[1.0, 0.8]])
     assert pred_match.tolist() == [1] and gt_match.tolist() == [-1, 0]
@@ -159,7 +176,13 @@ def test_duplicate_detection_is_a_false_positive():
     gt = instances(BOOK_A)
     pred = instances(BOOK_A, BOOK_A, scores=[0.9, 0.8])
     gt_match, pred_match, _ = compute_matches(
-        gt["rois"], gt["class_ids"], gt["masks"], pred["rois"], pred["class_ids"], pred["scores"], pred["masks"]
+        gt["rois"],
+        gt["class_ids"],
+        gt["masks"],
+        pred["rois"],
+        pred["class_ids"],
+        pred["scores"],
+        pred["masks"],
     )
     assert gt_match.tolist() == [0] and pred_match.tolist() == [0, -1]
 
@@ -174,7 +197,7 @@ def test_iou_threshold_boundary():
 
 def test_empty_image_cases():
     nothing = instances()
-    ap, precisions, recalls, overlaps = ap_of(nothing, nothing)
+    ap, _, _, overlaps = ap_of(nothing, nothing)
     assert math.isnan(ap) and overlaps.shape == (0, 0)
     assert ap_of(nothing, instances(BOOK_A))[0] == 0.0  # predictions on a negative image
     assert ap_of(instances(BOOK_A), nothing)[0] == 0.0  # missed everything
@@ -184,7 +207,15 @@ def test_compute_ap_range_hand_value_and_ndarray_thresholds():
     # IoU = 80 / 100 = 0.8: matches at 0.50..0.80 (7 of the 10 default thresholds).
     gt = instances(BOOK_A)
     pred = instances((0, 0, 10, 8), scores=[0.9])
-    args = (gt["rois"], gt["class_ids"], gt["masks"], pred["rois"], pred["class_ids"], pred["scores"], pred["masks"])
+    args = (
+        gt["rois"],
+        gt["class_ids"],
+        gt["masks"],
+        pred["rois"],
+        pred["class_ids"],
+        pred["scores"],
+        pred["masks"],
+    )
     assert compute_ap_range(*args) == pytest.approx(0.7)
     assert compute_ap_range(*args, iou_thresholds=np.array([0.5, 0.9])) == pytest.approx(0.5)
     assert compute_ap_range(*args, iou_thresholds=[0.85]) == 0.0
@@ -196,10 +227,19 @@ def test_mismatched_shapes_raise_clear_errors():
     gt = instances(BOOK_A)
     pred = instances(BOOK_A)
     with pytest.raises(ValueError, match="2 class ids for 1 masks"):
-        compute_ap(gt["rois"], [1, 1], gt["masks"], pred["rois"], pred["class_ids"], pred["scores"], pred["masks"])
+        compute_ap(
+            gt["rois"], [1, 1], gt["masks"], pred["rois"], pred["class_ids"], pred["scores"], pred["masks"]
+        )
     with pytest.raises(ValueError, match="scores"):
-        compute_ap(gt["rois"], gt["class_ids"], gt["masks"], pred["rois"], pred["class_ids"], [0.5, 0.4],
-                   pred["masks"])
+        compute_ap(
+            gt["rois"],
+            gt["class_ids"],
+            gt["masks"],
+            pred["rois"],
+            pred["class_ids"],
+            [0.5, 0.4],
+            pred["masks"],
+        )
 
 
 def test_mean_mask_ap_skips_and_counts_empty_images():
