@@ -1,0 +1,389 @@
+"""MaskRCNN: the Keras 3 model, its training/validation steps and `detect`.
+
+The network is made of four Functional sub-models holding every weight, with matterport's layer
+names (contract §1.3): `backbone_fpn` (image -> P2..P6), `rpn_model` (shared RPN head),
+`fpn_classifier` and `fpn_mask` (ROI heads on flattened ROIs, see heads.py). The weightless
+graph layers (`ROI`, `proposal_targets`, `roi_align_*`, `mrcnn_detection`) are wired in Python
+by `training_outputs` (training graph) and `inference_outputs` (inference graph), so one model
+object trains and detects. Anchors are constants computed from the molded image shape (never
+weights).
+
+`train_step` / `test_step` compute the five named losses, the weight-decay term `l2_loss` and
+their weighted sum `loss`, tracked as metrics (so `History` has them, with `val_` versions).
+A step whose loss or gradient norm is not finite applies no update; `training.NonFiniteLossGuard`
+then stops training with a clear error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import keras
+import tensorflow as tf
+
+from bookseg.mrcnn import losses as L
+from bookseg.mrcnn.anchors import anchors_for
+from bookseg.mrcnn.backbone import backbone_graph
+from bookseg.mrcnn.config import LOSS_NAMES, MrcnnConfig
+from bookseg.mrcnn.detection import DetectionLayer
+from bookseg.mrcnn.detection_targets import DetectionTargetLayer
+from bookseg.mrcnn.fpn import fpn_graph
+from bookseg.mrcnn.heads import apply_head, build_classifier_head, build_mask_head
+from bookseg.mrcnn.proposals import ProposalLayer, norm_boxes_graph
+from bookseg.mrcnn.roi_align import PyramidROIAlign
+from bookseg.mrcnn.rpn import build_rpn_model, run_rpn
+
+TRAINING_INPUTS = (
+    "input_image", "input_image_meta", "input_rpn_match", "input_rpn_bbox",
+    "input_gt_class_ids", "input_gt_boxes", "input_gt_masks",
+)
+LOG_NAMES = ("loss", *LOSS_NAMES, "l2_loss")
+# The image size must survive 5 halvings (P6) and the FPN's x2 upsamplings exactly.
+SIZE_MULTIPLE = 64
+
+
+def build_backbone_fpn(config: MrcnnConfig) -> keras.Model:
+    """Functional model "backbone_fpn": molded image [B, H, W, 3] -> [P2, P3, P4, P5, P6]."""
+    image = keras.Input(shape=(None, None, 3), name="input_image")
+    c2, c3, c4, c5 = backbone_graph(image, config)
+    return keras.Model(image, fpn_graph(c2, c3, c4, c5, config.top_down_pyramid_size), name="backbone_fpn")
+
+
+def named_weight_layers(model: "MaskRCNN") -> dict[str, keras.layers.Layer]:
+    """Every layer that owns weights, keyed by its matterport name; `rpn_model` is one entry.
+
+    This is the weight loader's and `set_trainable`'s view of the network. Order: backbone,
+    FPN, rpn_model, classifier head, mask head.
+    """
+    named: dict[str, keras.layers.Layer] = {}
+
+    def add(name, layer):
+        if name in named:
+            raise ValueError(f"two weighted layers are named {name!r}")
+        named[name] = layer
+
+    for layer in model.backbone_fpn.layers:
+        if layer.weights:
+            add(layer.name, layer)
+    add(model.rpn_model.name, model.rpn_model)
+    for head in (model.classifier_head, model.mask_head):
+        for layer in head.layers:
+            if layer.weights:
+                add(layer.name, layer)
+    return named
+
+
+def _check_image_size(height, width, where: str) -> None:
+    if height is None or width is None:
+        raise ValueError(
+            f"{where}: the molded image size must be static (got {height} x {width}); training batches "
+            "use resize mode 'square', or a dataset with a fixed padded size"
+        )
+    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+        raise ValueError(
+            f"{where}: molded image size {height} x {width} is not a multiple of {SIZE_MULTIPLE} "
+            "(the FPN downsamples 6 times); use resize mode 'square' with image_max_dim % 64 == 0 or 'pad64'"
+        )
+
+
+class MaskRCNN(keras.Model):
+    """Mask R-CNN with matterport's layer names, trained with `fit` and used with `detect`.
+
+    Args:
+        config: `MrcnnConfig` (validated here).
+
+    Training batches are dicts with the keys of `TRAINING_INPUTS` (see
+    `bookseg.mrcnn.inputs.make_dataset` and the shared contract). Compile with
+    `jit_compile=False` (done by `training.train_stages`).
+    """
+
+    def __init__(self, config: MrcnnConfig, name: str = "mask_rcnn", **kwargs):
+        super().__init__(name=name, **kwargs)
+        config.validate()
+        self.config = config
+        self.backbone_fpn = build_backbone_fpn(config)
+        self.rpn_model = build_rpn_model(
+            config.rpn_anchor_stride, len(config.rpn_anchor_ratios), config.top_down_pyramid_size,
+            config.rpn_conv_channels,
+        )
+        self.classifier_head = build_classifier_head(config)
+        self.mask_head = build_mask_head(config)
+        self.proposal_layer = ProposalLayer(config)
+        self.detection_target_layer = DetectionTargetLayer(config)
+        self.roi_align_classifier = PyramidROIAlign((config.pool_size, config.pool_size), "roi_align_classifier")
+        self.roi_align_mask = PyramidROIAlign((config.mask_pool_size, config.mask_pool_size), "roi_align_mask")
+        self.detection_layer = DetectionLayer(config)
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in LOG_NAMES}
+        bn_scales = []
+        for layer in named_weight_layers(self).values():
+            if isinstance(layer, keras.layers.BatchNormalization):
+                bn_scales += [layer.gamma, layer.beta]
+        self._bn_scale_paths = frozenset(v.path for v in bn_scales)
+        self._inference_functions = {}
+        self.built = True
+
+    # ------------------------------------------------------------------ graph pieces
+    def _features(self, images, training):
+        return self.backbone_fpn(images, training=training)
+
+    def _heads(self, rois, image_hw, feature_maps, training):
+        """Classifier on `rois` [B, R, 4] -> class logits [B, R, C], bbox deltas [B, R, C, 4]."""
+        pooled = self.roi_align_classifier(rois, image_hw, feature_maps[:4])
+        return apply_head(self.classifier_head, pooled, training=training)
+
+    def _mask_logits(self, rois, image_hw, feature_maps, training):
+        """Mask head on `rois` [B, R, 4] -> logits [B, R, 28, 28, C]."""
+        pooled = self.roi_align_mask(rois, image_hw, feature_maps[:4])
+        return apply_head(self.mask_head, pooled, training=training)
+
+    def training_outputs(self, batch: dict, training: bool = True, deterministic: bool = False) -> dict:
+        """The training graph on one batch (dict with the `TRAINING_INPUTS` keys).
+
+        Args:
+            batch: training batch (contract "Training batch"); image shape must be static.
+            training: passed to the sub-models (BatchNorm follows `config.train_bn` anyway).
+            deterministic: fixed ROI sampling (used for validation).
+
+        Returns:
+            dict of tensors: rpn_class_logits [B, A, 2], rpn_bbox [B, A, 4], rpn_rois [B, P, 4],
+            rois [B, T, 4], target_class_ids [B, T], target_bbox [B, T, 4], target_mask
+            [B, T, 28, 28], roi_valid [B, T], mrcnn_class_logits [B, T, C], mrcnn_bbox
+            [B, T, C, 4], mrcnn_mask_logits [B, T, 28, 28, C].
+        """
+        missing = [key for key in TRAINING_INPUTS if key not in batch]
+        if missing:
+            raise KeyError(f"training batch lacks {missing}; it has {sorted(batch)}")
+        images = tf.cast(batch["input_image"], tf.float32)
+        height, width = images.shape[1], images.shape[2]
+        _check_image_size(height, width, "MaskRCNN training batch")
+        image_hw = tf.constant([height, width], tf.float32)
+        anchors = tf.constant(anchors_for(self.config, (height, width)))
+
+        feature_maps = self._features(images, training)
+        rpn_class_logits, rpn_probs, rpn_bbox = run_rpn(self.rpn_model, feature_maps, training=training)
+        rpn_rois = self.proposal_layer(
+            rpn_probs, rpn_bbox, anchors, proposal_count=self.config.post_nms_rois_training
+        )
+        gt_boxes = norm_boxes_graph(batch["input_gt_boxes"], (height, width))
+        rois, target_class_ids, target_bbox, target_mask, roi_valid = self.detection_target_layer(
+            tf.stop_gradient(rpn_rois),
+            batch["input_gt_class_ids"],
+            gt_boxes,
+            tf.cast(batch["input_gt_masks"], tf.float32),
+            deterministic=deterministic,
+        )
+        class_logits, bbox = self._heads(rois, image_hw, feature_maps, training)
+        mask_logits = self._mask_logits(rois, image_hw, feature_maps, training)
+        return {
+            "rpn_class_logits": rpn_class_logits,
+            "rpn_bbox": rpn_bbox,
+            "rpn_rois": rpn_rois,
+            "rois": rois,
+            "target_class_ids": target_class_ids,
+            "target_bbox": target_bbox,
+            "target_mask": target_mask,
+            "roi_valid": roi_valid,
+            "mrcnn_class_logits": class_logits,
+            "mrcnn_bbox": bbox,
+            "mrcnn_mask_logits": mask_logits,
+        }
+
+    def mrcnn_losses(self, batch: dict, training: bool = True, deterministic: bool = False) -> dict:
+        """The five named, unweighted losses of a batch (float32 scalars)."""
+        out = self.training_outputs(batch, training=training, deterministic=deterministic)
+        active_class_ids = batch["input_image_meta"][:, 12:]
+        return {
+            "rpn_class_loss": L.rpn_class_loss(batch["input_rpn_match"], out["rpn_class_logits"]),
+            "rpn_bbox_loss": L.rpn_bbox_loss(batch["input_rpn_bbox"], batch["input_rpn_match"], out["rpn_bbox"]),
+            "mrcnn_class_loss": L.mrcnn_class_loss(
+                out["target_class_ids"], out["mrcnn_class_logits"], active_class_ids, out["roi_valid"]
+            ),
+            "mrcnn_bbox_loss": L.mrcnn_bbox_loss(out["target_bbox"], out["target_class_ids"], out["mrcnn_bbox"]),
+            "mrcnn_mask_loss": L.mrcnn_mask_loss(
+                out["target_mask"], out["target_class_ids"], out["mrcnn_mask_logits"]
+            ),
+        }
+
+    def weight_decay_variables(self) -> list:
+        """Trainable weights that take weight decay: all but BatchNorm gamma/beta (matterport)."""
+        return [v for v in self.trainable_variables if v.path not in self._bn_scale_paths]
+
+    def l2_loss(self):
+        """Weight-decay term on the current trainable set (see `losses.weight_decay_loss`)."""
+        return L.weight_decay_loss(
+            self.weight_decay_variables(), self.config.weight_decay, self.config.weight_decay_mode
+        )
+
+    def total_loss(self, named_losses: dict, l2_loss):
+        """sum(loss_weights[name] * loss) + l2_loss."""
+        weights = self.config.loss_weights
+        return tf.add_n([float(weights[name]) * named_losses[name] for name in LOSS_NAMES]) + l2_loss
+
+    # ------------------------------------------------------------------ Keras training API
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def _update_trackers(self, values: dict) -> dict:
+        for name, tracker in self.trackers.items():
+            tracker.update_state(values[name])
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    @staticmethod
+    def _unpack(data) -> dict:
+        if isinstance(data, (tuple, list)):
+            data = data[0]
+        if not isinstance(data, dict):
+            raise TypeError(f"MaskRCNN expects batches as dicts with keys {TRAINING_INPUTS}, got {type(data)}")
+        return data
+
+    def train_step(self, data):
+        batch = self._unpack(data)
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            named = self.mrcnn_losses(batch, training=True)
+            l2 = self.l2_loss()
+            total = self.total_loss(named, l2)
+        gradients = tape.gradient(total, variables)
+        pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
+        finite = tf.math.is_finite(total)
+        if pairs:
+            finite = finite & tf.math.is_finite(tf.linalg.global_norm([g for g, _ in pairs]))
+
+            # A NaN/inf step must not touch the weights (nor the optimizer's slots).
+            def apply():
+                self.optimizer.apply_gradients(pairs)
+                return tf.constant(True)
+
+            tf.cond(finite, apply, lambda: tf.constant(False))
+        return self._update_trackers({"loss": total, "l2_loss": l2, **named})
+
+    def test_step(self, data):
+        batch = self._unpack(data)
+        named = self.mrcnn_losses(batch, training=False, deterministic=True)
+        l2 = self.l2_loss()
+        return self._update_trackers({"loss": self.total_loss(named, l2), "l2_loss": l2, **named})
+
+    # ------------------------------------------------------------------ inference
+    def inference_outputs(self, images, image_metas, anchors, min_confidence=None, max_instances=None,
+                          training=False) -> dict:
+        """The inference graph on molded images.
+
+        Args:
+            images: float32 [B, H, W, 3] molded images (H, W multiples of 64).
+            image_metas: float32 [B, meta_size] (window of the photo in molded pixels at [7:11]).
+            anchors: float32 [A, 4] normalised anchors of this molded shape (`anchors_for`).
+            min_confidence: float, default `config.detection_min_confidence`.
+            max_instances: int, default `config.detection_max_instances`.
+
+        Returns:
+            dict: detections [B, M, 6] (y1, x1, y2, x2, class_id, score; normalised, zero padded),
+            mrcnn_mask [B, M, 28, 28, C] sigmoid probabilities for the detections, rpn_rois
+            [B, P, 4], mrcnn_class [B, P, C] softmax, mrcnn_bbox [B, P, C, 4].
+        """
+        config = self.config
+        min_confidence = config.detection_min_confidence if min_confidence is None else min_confidence
+        max_instances = config.detection_max_instances if max_instances is None else int(max_instances)
+        images = tf.cast(images, tf.float32)
+        image_hw = tf.cast(tf.shape(images)[1:3], tf.float32)
+        feature_maps = self._features(images, training)
+        _, rpn_probs, rpn_bbox = run_rpn(self.rpn_model, feature_maps, training=training)
+        rpn_rois = self.proposal_layer(rpn_probs, rpn_bbox, anchors, proposal_count=config.post_nms_rois_inference)
+        class_logits, bbox = self._heads(rpn_rois, image_hw, feature_maps, training)
+        class_probs = tf.nn.softmax(class_logits, axis=-1)
+        windows = norm_boxes_graph(tf.cast(image_metas[:, 7:11], tf.float32), image_hw)
+        detections = self.detection_layer(
+            rpn_rois, class_probs, bbox, windows, min_confidence=min_confidence, max_instances=max_instances
+        )
+        # matterport re-runs the mask head on the final boxes.
+        mask_logits = self._mask_logits(detections[..., :4], image_hw, feature_maps, training)
+        return {
+            "detections": detections,
+            "mrcnn_mask": tf.sigmoid(mask_logits),
+            "rpn_rois": rpn_rois,
+            "mrcnn_class": class_probs,
+            "mrcnn_bbox": bbox,
+        }
+
+    def call(self, inputs, training=False):
+        """Inference graph on a dict {input_image, input_image_meta[, input_anchors]}."""
+        images = inputs["input_image"]
+        anchors = inputs.get("input_anchors")
+        if anchors is None:
+            _check_image_size(images.shape[1], images.shape[2], "MaskRCNN.call without input_anchors")
+            anchors = tf.constant(anchors_for(self.config, images.shape[1:3]))
+        return self.inference_outputs(images, inputs["input_image_meta"], anchors, training=training)
+
+    def _inference_function(self, max_instances: int):
+        """A tf.function of the inference graph, traced once per `max_instances` for any image size."""
+        if max_instances not in self._inference_functions:
+            signature = [
+                tf.TensorSpec([None, None, None, 3], tf.float32),
+                tf.TensorSpec([None, self.config.image_meta_size], tf.float32),
+                tf.TensorSpec([None, 4], tf.float32),
+                tf.TensorSpec([], tf.float32),
+            ]
+
+            def run(images, metas, anchors, min_confidence):
+                out = self.inference_outputs(images, metas, anchors, min_confidence, max_instances)
+                return out["detections"], out["mrcnn_mask"]
+
+            self._inference_functions[max_instances] = tf.function(
+                run, input_signature=signature, jit_compile=False, reduce_retracing=True
+            )
+        return self._inference_functions[max_instances]
+
+    def detect(self, images, *, min_confidence=None, max_instances=None) -> list[dict]:
+        """Detect books (instances) in RGB photos of any size.
+
+        Images are resized/padded per `config.image_resize_mode`, grouped by molded shape and run
+        in chunks of `config.images_per_batch`.
+
+        Args:
+            images: list of uint8 [H, W, 3] RGB arrays.
+            min_confidence: minimum score (default `config.detection_min_confidence`).
+            max_instances: maximum detections per image (default `config.detection_max_instances`).
+
+        Returns:
+            One dict per image (see `images.unmold_detections`): rois int32 [n, 4] (y1, x1, y2, x2)
+            original pixels (y2/x2 exclusive), class_ids int32 [n], scores float32 [n], masks bool
+            [H, W, n]; sorted by score.
+        """
+        from bookseg.mrcnn import images as image_utils
+
+        config = self.config
+        min_confidence = config.detection_min_confidence if min_confidence is None else float(min_confidence)
+        max_instances = config.detection_max_instances if max_instances is None else int(max_instances)
+        if max_instances < 1:
+            raise ValueError(f"max_instances must be >= 1, got {max_instances}")
+        molded = []
+        for index, image in enumerate(images):
+            image = np.asarray(image)
+            if image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"detect: image {index} has shape {image.shape}, expected [H, W, 3] RGB")
+            resized, window, scale, _ = image_utils.resize_image(image, config)
+            _check_image_size(resized.shape[0], resized.shape[1], f"detect: image {index}")
+            meta = image_utils.compose_image_meta(
+                index, image.shape, resized.shape, window, scale, np.ones(config.num_classes)
+            )
+            molded.append((image_utils.mold_image(resized, config), meta, image.shape, window))
+
+        by_shape: dict[tuple, list[int]] = {}
+        for index, (molded_image, *_rest) in enumerate(molded):
+            by_shape.setdefault(molded_image.shape, []).append(index)
+        run = self._inference_function(max_instances)
+        results: list[dict | None] = [None] * len(molded)
+        chunk = max(1, int(config.images_per_batch))
+        for shape, indices in by_shape.items():
+            anchors = tf.constant(anchors_for(config, shape))
+            for start in range(0, len(indices), chunk):
+                part = indices[start:start + chunk]
+                batch_images = tf.constant(np.stack([molded[i][0] for i in part]))
+                batch_metas = tf.constant(np.stack([molded[i][1] for i in part]))
+                detections, masks = run(batch_images, batch_metas, anchors, tf.constant(min_confidence, tf.float32))
+                detections, masks = detections.numpy(), masks.numpy()
+                for row, i in enumerate(part):
+                    _, _, original_shape, window = molded[i]
+                    results[i] = image_utils.unmold_detections(
+                        detections[row], masks[row], original_shape, shape, window
+                    )
+        return results
