@@ -229,7 +229,7 @@ def render_shelf(rng: np.random.Generator, image_size: tuple[int, int], style: S
     for (ceiling, floor), quota in zip(compartments, quotas):
         scene.fill_compartment(ceiling, floor, int(quota), width)
     for ceiling, floor in compartments:
-        scene.add_front_items(ceiling, floor, width)
+        scene.add_front_items(ceiling, floor, width, books=n_books > 0)
 
     image = draw.finish_image(canvas, rng, float(rng.uniform(*style.noise_sigma)))
     masks = [owner == k for k in range(scene.n_books)]
@@ -286,8 +286,8 @@ class _Scene:
                 break  # mostly outside the frame: the run ends at the image border
             self._paint_book(geometry)
 
-    def add_front_items(self, ceiling: float, floor: float, width: int) -> None:
-        """Objects and flat books standing in front of the books of one compartment."""
+    def add_front_items(self, ceiling: float, floor: float, width: int, books: bool) -> None:
+        """Objects (and, if `books`, flat books) standing in front of the books of one compartment."""
         rng, style = self.rng, self.style
         room = floor - ceiling
         if rng.random() < style.object_rate:
@@ -296,7 +296,7 @@ class _Scene:
                 if self._may_cover(polygon):
                     self._paint_object(polygon)
                     break
-        if rng.random() < style.front_book_rate:
+        if books and rng.random() < style.front_book_rate:
             for _ in range(6):
                 length = room * rng.uniform(0.4, 0.8)
                 thickness = max(room * rng.uniform(0.08, 0.14), 6.0)

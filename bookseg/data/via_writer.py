@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bookseg.data.records import ImageRecord, Instance
+from bookseg.data.records import ImageRecord, Instance, rasterize_polygon
 
 log = logging.getLogger(__name__)
 
@@ -147,36 +147,75 @@ def write_via2_project(
     return path
 
 
-def mask_to_polygon(mask: np.ndarray, simplify_tolerance: float = 0.5) -> tuple[np.ndarray | None, int]:
+def mask_to_polygon(
+    mask: np.ndarray, simplify_tolerance: float = 0.5, min_iou: float = 0.97
+) -> tuple[np.ndarray | None, int]:
     """Outline of a mask's largest connected part as an open polygon.
+
+    The contour runs through the centres of the part's boundary pixels, which rasterises back to
+    exactly the part. Simplifying (`cv2.approxPolyDP`) cuts through boundary pixels on slanted
+    edges, so the simplified outline is also tried pushed outwards by 0.25 and 0.5 px; the variant
+    that rasterises closest to the part is kept, and the exact contour is used when none reaches
+    `min_iou`.
 
     Args:
         mask: bool [H, W].
         simplify_tolerance: `cv2.approxPolyDP` epsilon in pixels (0: no simplification).
+        min_iou: smallest IoU with the part a simplified outline may have.
 
     Returns:
         (polygon, parts): polygon float64 [P, 2] (x, y) in records.py pixel coordinates (P >= 3), or
         None for an empty mask; parts = number of outer contours found (parts beyond the largest are
-        not in the polygon). Holes are filled.
+        not in the polygon). Holes are filled. Parts without area (single pixels, lines) become
+        their pixel-edge bounding box.
     """
     mask_u8 = np.ascontiguousarray(mask, dtype=np.uint8)
     contours, _ = cv2.findContours(mask_u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return None, 0
     # Largest by pixel count of the filled contour, not contour area: a 1-pixel-wide part has zero area.
-    sizes = [_filled_pixels(c, mask.shape) for c in contours]
+    sizes = [_filled_pixels(c) for c in contours]
     contour = contours[int(np.argmax(sizes))].reshape(-1, 2)
-    points = contour
-    if simplify_tolerance > 0 and len(contour) > 3:
-        simplified = cv2.approxPolyDP(contour.reshape(-1, 1, 2), simplify_tolerance, True).reshape(-1, 2)
-        if len(simplified) >= 3:
-            points = simplified
-    polygon = points.astype(np.float64) + 0.5
-    if len(polygon) < 3 or abs(_shoelace(polygon)) < 1.0:
-        # Lines and single pixels: use the pixel-edge box of the part, which rasterises exactly.
+    exact = contour.astype(np.float64) + 0.5
+    if len(exact) < 3 or abs(_shoelace(exact)) < 1.0:
         x, y, w, h = cv2.boundingRect(contour.reshape(-1, 1, 2))
-        polygon = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float64)
-    return polygon, len(contours)
+        return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float64), len(contours)
+    if simplify_tolerance <= 0 or len(contour) <= 4:
+        return exact, len(contours)
+    simplified = cv2.approxPolyDP(contour.reshape(-1, 1, 2), simplify_tolerance, True).reshape(-1, 2) + 0.5
+    if len(simplified) < 3:
+        return exact, len(contours)
+    # Compare rasterisations inside the part's bounding window (plus a margin for the offsets).
+    x, y, w, h = cv2.boundingRect(contour.reshape(-1, 1, 2))
+    origin = np.array([x - 2, y - 2], np.float64)
+    target = rasterize_polygon(exact - origin, h + 4, w + 4)
+    best, best_iou = exact, -1.0
+    for offset in (0.0, 0.25, 0.5):
+        candidate = _offset_outwards(simplified, offset)
+        drawn = rasterize_polygon(candidate - origin, h + 4, w + 4)
+        iou = np.count_nonzero(drawn & target) / np.count_nonzero(drawn | target)
+        if iou > best_iou:
+            best, best_iou = candidate, iou
+    return (best if best_iou >= min_iou else exact), len(contours)
+
+
+def _offset_outwards(polygon: np.ndarray, distance: float) -> np.ndarray:
+    """Move each edge of a simple polygon `distance` px outwards (mitred corners, miter <= 2 * distance)."""
+    if distance == 0:
+        return polygon
+    orientation = 1.0 if _shoelace(polygon) > 0 else -1.0
+    after = np.roll(polygon, -1, axis=0) - polygon  # edge leaving each vertex
+    before = polygon - np.roll(polygon, 1, axis=0)  # edge arriving at each vertex
+
+    def outward_normal(edge):
+        normal = np.stack([edge[:, 1], -edge[:, 0]], axis=1) * orientation
+        return normal / np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
+
+    n_after, n_before = outward_normal(after), outward_normal(before)
+    bisector = n_after + n_before
+    bisector /= np.maximum(np.linalg.norm(bisector, axis=1, keepdims=True), 1e-12)
+    cos_half = np.sum(bisector * n_after, axis=1, keepdims=True)
+    return polygon + bisector * distance / np.maximum(cos_half, 0.5)
 
 
 def _instance_polygon(
@@ -282,7 +321,7 @@ def _check_unique(records: Iterable[ImageRecord], names: Sequence[str], path: Pa
         seen_names[name] = record.image_id
 
 
-def _filled_pixels(contour: np.ndarray, shape: tuple[int, int]) -> int:
+def _filled_pixels(contour: np.ndarray) -> int:
     x, y, w, h = cv2.boundingRect(contour)
     canvas = np.zeros((h, w), np.uint8)
     cv2.drawContours(canvas, [contour - np.array([x, y])], -1, 1, thickness=cv2.FILLED)
