@@ -77,7 +77,7 @@ def resize_image(image: np.ndarray, config, *, training: bool = False):
         scale = max_dim / max(h, w)
 
     if scale != 1.0:
-        new_h, new_w = int(round(h * scale)), int(round(w * scale))
+        new_h, new_w = round(h * scale), round(w * scale)
         image = _resize_channels(image, new_h, new_w, cv2.INTER_LINEAR)
         h, w = new_h, new_w
 
@@ -106,7 +106,7 @@ def resize_masks(masks: np.ndarray, scale: float, padding) -> np.ndarray:
         raise ValueError(f"resize_masks expects [h, w, N] masks, got shape {masks.shape}")
     h, w = masks.shape[:2]
     if scale != 1.0:
-        new_h, new_w = int(round(h * scale)), int(round(w * scale))
+        new_h, new_w = round(h * scale), round(w * scale)
         masks = _resize_channels(masks.astype(np.uint8), new_h, new_w, cv2.INTER_NEAREST_EXACT)
     masks = np.pad(masks.astype(bool), [tuple(p) for p in padding], mode="constant", constant_values=False)
     return masks
@@ -226,7 +226,10 @@ def parse_image_meta(meta: np.ndarray) -> dict:
         [..., 3], window int32 [..., 4], scale float32 [...], active_class_ids int32 [..., num_classes].
     """
     meta = np.asarray(meta)
-    as_int = lambda a: np.round(a).astype(np.int32)  # noqa: E731
+
+    def as_int(values):
+        return np.round(values).astype(np.int32)
+
     return {
         "image_id": as_int(meta[..., 0]),
         "original_image_shape": as_int(meta[..., 1:4]),

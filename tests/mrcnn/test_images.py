@@ -31,9 +31,9 @@ def test_square_upscales_to_min_dim_and_pads_centred():
 def test_square_caps_long_side_at_max_dim():
     config = MrcnnConfig(image_min_dim=800, image_max_dim=1024)
     out, window, scale, padding = im.resize_image(_random_image(300, 1200), config)
+    assert out.shape == (1024, 1024, 3)
     # 800/300 would make the long side 3200 > 1024, so scale = 1024/1200 -> 256 x 1024.
     assert scale == pytest.approx(1024 / 1200)
-    assert out.shape == (1024, 1024, 3)
     assert window == (384, 0, 640, 1024)
     assert padding == [(384, 384), (0, 0), (0, 0)]
 
@@ -41,6 +41,7 @@ def test_square_caps_long_side_at_max_dim():
 def test_square_never_upscales_beyond_need_and_odd_padding():
     config = MrcnnConfig(image_min_dim=64, image_max_dim=128)
     out, window, scale, padding = im.resize_image(_random_image(101, 77), config)
+    assert out.shape == (128, 128, 3)
     assert scale == 1.0  # min side 77 >= 64: no upscaling, long side 101 <= 128: no cap
     assert window == (13, 25, 114, 102)
     assert padding == [(13, 14), (25, 26), (0, 0)]
@@ -49,7 +50,7 @@ def test_square_never_upscales_beyond_need_and_odd_padding():
 def test_image_min_scale_raises_scale():
     config = MrcnnConfig(image_min_dim=64, image_max_dim=512, image_min_scale=2.0)
     out, window, scale, _ = im.resize_image(_random_image(100, 150), config)
-    assert scale == 2.0
+    assert scale == 2.0 and out.shape == (512, 512, 3)
     assert (window[2] - window[0], window[3] - window[1]) == (200, 300)
 
 
@@ -62,6 +63,7 @@ def test_pad64_and_none_modes():
     np.testing.assert_array_equal(out[14:114, 31:161], image)
     out, window, scale, padding = im.resize_image(image, config.replace(image_resize_mode="none"))
     assert out is image and window == (0, 0, 100, 130) and scale == 1.0
+    assert padding == [(0, 0), (0, 0), (0, 0)]
 
 
 def test_resize_rejects_unknown_mode_and_bad_rank():
@@ -76,7 +78,7 @@ def test_resize_masks_follows_the_image_exactly():
     masks = np.zeros((100, 150, 2), bool)
     masks[10:50, 20:60, 0] = True
     masks[60:90, 100:140, 1] = True
-    _, window, scale, padding = im.resize_image(_random_image(100, 150), config)
+    _, _, scale, padding = im.resize_image(_random_image(100, 150), config)
     out = im.resize_masks(masks, scale, padding)
     assert out.shape == (256, 256, 2) and out.dtype == bool
     # Rows 10..49 at scale 1.28: output rows i with floor((i + .5) / 1.28) in [10, 50) -> 13..63,

@@ -74,7 +74,7 @@ def test_caps_positives_to_half_and_fills_with_negatives():
     assert (match == -1).sum() == 2
     assert set(np.flatnonzero(match == -1)) <= {3, 4, 5, 6, 8}
     # Deltas follow the surviving positives in anchor order.
-    full_match, full_bbox = build_rpn_targets(
+    _, full_bbox = build_rpn_targets(
         HAND_ANCHORS, [1, 1], HAND_GT, _config(8), np.random.default_rng(0)
     )
     rows = {0: 0, 1: 1, 7: 2}
