@@ -3,8 +3,8 @@
 Coordinate convention (all readers): pixel units of the image *as displayed* (EXIF orientation
 applied), origin at the top-left corner of the top-left pixel, x to the right, y down. Pixel
 (row i, column j) covers the square [j, j+1) x [i, i+1); it belongs to a polygon when its centre
-(j + 0.5, i + 0.5) lies inside. Self-intersecting polygons are filled with the even-odd rule
-(a pixel inside an odd number of loops is in the mask), see `rasterize_polygon`.
+(j + 0.5, i + 0.5) lies inside or on an edge. Self-intersecting polygons are filled with the even-odd
+rule (a pixel inside an odd number of loops is in the mask), see `rasterize_polygon`.
 """
 
 from __future__ import annotations
@@ -12,11 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
-
-# Sub-pixel precision for cv2.fillPoly: vertices are scaled by 2**_SHIFT and passed as integers.
-_SHIFT = 8
 
 
 @dataclass
@@ -85,22 +81,67 @@ class ImageRecord:
 
 
 def rasterize_polygon(polygon: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Fill a polygon into a bool [height, width] mask (pixel-centre rule, even-odd for self-crossings).
+    """Fill a polygon into a bool [height, width] mask by the pixel-centre, even-odd rule.
+
+    Pixel (row i, column j) is in the mask when its centre (j + 0.5, i + 0.5) lies on an edge of the
+    polygon or inside an odd number of its loops (even-odd rule, so a self-intersecting polygon's
+    doubly covered parts are holes). Centres exactly on an edge count as inside, so a polygon traced
+    through the centres of a mask's boundary pixels (a `cv2.findContours` contour shifted by +0.5)
+    rasterises back to that mask. Exact scanline arithmetic in numpy, no sub-pixel rounding.
 
     Args:
         polygon: [P, 2] float vertices (x, y) in pixels; points outside the image are allowed.
+        height, width: mask size in pixels.
+
+    Returns:
+        bool [height, width].
     """
-    mask = np.zeros((height, width), np.uint8)
+    mask = np.zeros((height, width), bool)
     pts = np.asarray(polygon, np.float64).reshape(-1, 2)
-    if len(pts) < 3:
-        return mask.astype(bool)
-    # cv2 treats integer vertex (x, y) as the centre of pixel (x, y); shift by half a pixel so that
-    # continuous coordinates follow the pixel-centre rule above.
-    fixed = np.round((pts - 0.5) * (1 << _SHIFT)).astype(np.int64)
-    # Keep values inside int32 after shifting for absurd coordinates.
-    fixed = np.clip(fixed, -(1 << 30), 1 << 30).astype(np.int32)
-    cv2.fillPoly(mask, [fixed.reshape(-1, 1, 2)], 1, lineType=cv2.LINE_8, shift=_SHIFT)
-    return mask.astype(bool)
+    if len(pts) < 3 or height <= 0 or width <= 0 or not np.isfinite(pts).all():
+        return mask
+    # Work only on the rows and columns whose centres can be inside the polygon's bounding box.
+    (x_min, y_min), (x_max, y_max) = pts.min(axis=0), pts.max(axis=0)
+    r0, r1 = max(0, int(np.ceil(y_min - 0.5))), min(height, int(np.floor(y_max - 0.5)) + 1)
+    c0, c1 = max(0, int(np.ceil(x_min - 0.5))), min(width, int(np.floor(x_max - 0.5)) + 1)
+    if r0 >= r1 or c0 >= c1:
+        return mask
+    x0, y0 = pts[:, 0], pts[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    centre_y = np.arange(r0, r1) + 0.5  # [R]
+    window = np.zeros((r1 - r0, c1 - c0), bool)
+
+    # Interior: an edge crosses the row through centre_y when y_low <= centre_y < y_high (half-open,
+    # so a vertex shared by two edges is counted once and horizontal edges never cross). Every
+    # crossing toggles inside/outside for the pixel centres at or right of it.
+    y_low, y_high = np.minimum(y0, y1), np.maximum(y0, y1)
+    rows, edges = np.nonzero((centre_y[:, None] >= y_low) & (centre_y[:, None] < y_high))
+    t = (centre_y[rows] - y0[edges]) / (y1[edges] - y0[edges])
+    x_cross = x0[edges] + t * (x1[edges] - x0[edges])
+    first = np.clip(np.ceil(x_cross - 0.5).astype(np.int64) - c0, 0, c1 - c0)
+    toggles = np.zeros((r1 - r0, c1 - c0 + 1), np.int32)
+    np.add.at(toggles, (rows, first), 1)
+    window |= (np.cumsum(toggles[:, :-1], axis=1) & 1).astype(bool)
+
+    # Boundary: centres lying exactly on an edge (up to float rounding).
+    eps = 1e-7
+    sloped = y0 != y1
+    rows, edges = np.nonzero(
+        (centre_y[:, None] >= y_low - eps) & (centre_y[:, None] <= y_high + eps) & sloped[None, :]
+    )
+    t = (centre_y[rows] - y0[edges]) / (y1[edges] - y0[edges])
+    col = x0[edges] + t * (x1[edges] - x0[edges]) - 0.5
+    on_centre = (np.abs(col - np.round(col)) <= eps) & (np.round(col) >= c0) & (np.round(col) < c1)
+    window[rows[on_centre], np.round(col[on_centre]).astype(np.int64) - c0] = True
+    for k in np.flatnonzero(~sloped):  # horizontal edges
+        row = y0[k] - 0.5
+        if abs(row - round(row)) <= eps and r0 <= round(row) < r1:
+            lo = max(c0, int(np.ceil(min(x0[k], x1[k]) - 0.5 - eps)))
+            hi = min(c1, int(np.floor(max(x0[k], x1[k]) - 0.5 + eps)) + 1)
+            window[round(row) - r0, max(lo, c0) - c0 : max(hi, lo) - c0] = True
+
+    mask[r0:r1, c0:c1] = window
+    return mask
 
 
 def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
