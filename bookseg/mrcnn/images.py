@@ -32,9 +32,9 @@ def _resize_channels(array: np.ndarray, height: int, width: int, interpolation: 
     channels = array.shape[2]
     out = np.empty((height, width, channels), array.dtype)
     for start in range(0, channels, _CV_MAX_CHANNELS):
-        chunk = np.ascontiguousarray(array[:, :, start:start + _CV_MAX_CHANNELS])
+        chunk = np.ascontiguousarray(array[:, :, start : start + _CV_MAX_CHANNELS])
         resized = cv2.resize(chunk, (width, height), interpolation=interpolation)
-        out[:, :, start:start + chunk.shape[2]] = resized.reshape(height, width, chunk.shape[2])
+        out[:, :, start : start + chunk.shape[2]] = resized.reshape(height, width, chunk.shape[2])
     return out
 
 
@@ -139,8 +139,9 @@ def minimize_masks(boxes: np.ndarray, masks: np.ndarray, mini_shape) -> np.ndarr
 
 def _mask_in_box(mask: np.ndarray, box_height: int, box_width: int) -> np.ndarray:
     """Bilinear resize of a float/bool [mh, mw] mask to [box_height, box_width], thresholded at 0.5."""
-    resized = cv2.resize(np.asarray(mask, np.float32), (int(box_width), int(box_height)),
-                         interpolation=cv2.INTER_LINEAR)
+    resized = cv2.resize(
+        np.asarray(mask, np.float32), (int(box_width), int(box_height)), interpolation=cv2.INTER_LINEAR
+    )
     return resized.reshape(int(box_height), int(box_width)) >= MASK_THRESHOLD
 
 
@@ -155,7 +156,7 @@ def _paste_mask(mask: np.ndarray, box, out: np.ndarray) -> None:
     if y2 <= y1 or x2 <= x1 or cy2 <= cy1 or cx2 <= cx1:
         return
     resized = _mask_in_box(mask, y2 - y1, x2 - x1)
-    out[cy1:cy2, cx1:cx2] = resized[cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1]
+    out[cy1:cy2, cx1:cx2] = resized[cy1 - y1 : cy2 - y1, cx1 - x1 : cx2 - x1]
 
 
 def expand_mask(box: np.ndarray, mini_mask: np.ndarray, image_shape) -> np.ndarray:

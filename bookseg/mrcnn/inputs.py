@@ -107,8 +107,12 @@ _ANCHORS_LOCK = threading.Lock()
 
 def _pixel_anchors(config, image_shape) -> np.ndarray:
     key = (
-        tuple(config.rpn_anchor_scales), tuple(config.rpn_anchor_ratios), tuple(config.backbone_strides),
-        int(config.rpn_anchor_stride), int(image_shape[0]), int(image_shape[1]),
+        tuple(config.rpn_anchor_scales),
+        tuple(config.rpn_anchor_ratios),
+        tuple(config.backbone_strides),
+        int(config.rpn_anchor_stride),
+        int(image_shape[0]),
+        int(image_shape[1]),
     )
     with _ANCHORS_LOCK:
         if key not in _ANCHORS:
@@ -130,8 +134,12 @@ def _mask_extents(masks: np.ndarray):
     rows = masks.any(axis=1)  # [H, N]
     height, width = rows.shape[0], cols.shape[0]
     boxes = np.stack(
-        [rows.argmax(axis=0), cols.argmax(axis=0),
-         height - rows[::-1].argmax(axis=0), width - cols[::-1].argmax(axis=0)],
+        [
+            rows.argmax(axis=0),
+            cols.argmax(axis=0),
+            height - rows[::-1].argmax(axis=0),
+            width - cols[::-1].argmax(axis=0),
+        ],
         axis=1,
     ).astype(np.int32)
     boxes[~nonempty] = 0
@@ -157,16 +165,23 @@ def _class_ids(record, class_ids_by_name) -> np.ndarray:
         if inst.class_name not in class_ids_by_name:
             region = inst.region or f"instance {k}"
             raise ValueError(
-                f"{record.where(region)}: class {inst.class_name!r} is not one of "
-                f"{sorted(class_ids_by_name)}"
+                f"{record.where(region)}: class {inst.class_name!r} is not one of {sorted(class_ids_by_name)}"
             )
         class_id = class_ids_by_name[inst.class_name]
         ids.append(-class_id if inst.iscrowd else class_id)
     return np.asarray(ids, np.int32)
 
 
-def load_training_example(record, config, class_ids_by_name, *, augment=None, rng=None,
-                          image_index: int = 0, stats: PipelineStats | None = None) -> dict:
+def load_training_example(
+    record,
+    config,
+    class_ids_by_name,
+    *,
+    augment=None,
+    rng=None,
+    image_index: int = 0,
+    stats: PipelineStats | None = None,
+) -> dict:
     """Build the model inputs of one image (the batch entries without the batch axis).
 
     Args:
@@ -201,8 +216,12 @@ def load_training_example(record, config, class_ids_by_name, *, augment=None, rn
 
     empty = ~masks.any(axis=0).any(axis=0)
     for k in np.flatnonzero(empty):
-        _warn_once((record.source, record.image_id, int(k)), "%s: mask is empty inside the image, instance skipped",
-                   record.where(record.instances[k].region or f"instance {k}"))
+        where = record.where(record.instances[k].region or f"instance {k}")
+        _warn_once(
+            (record.source, record.image_id, int(k)),
+            "%s: mask is empty inside the image, instance skipped",
+            where,
+        )
     if empty.any():
         masks, class_ids = masks[:, :, ~empty], class_ids[~empty]
     counts = {"empty_in_annotation": int(empty.sum())}
@@ -214,8 +233,10 @@ def load_training_example(record, config, class_ids_by_name, *, augment=None, rn
         class_ids = np.asarray(result.class_ids, np.int32).reshape(-1)
         counts["dropped_by_augmentation"] = int(getattr(result, "dropped", 0) or 0)
         if masks.shape[-1] != len(class_ids):
-            raise ValueError(f"{record.where()}: augmentation returned {masks.shape[-1]} masks but "
-                             f"{len(class_ids)} class ids")
+            raise ValueError(
+                f"{record.where()}: augmentation returned {masks.shape[-1]} masks but "
+                f"{len(class_ids)} class ids"
+            )
 
     original_shape = image.shape
     image, window, scale, padding = im.resize_image(image, config, training=True)
@@ -247,9 +268,12 @@ def load_training_example(record, config, class_ids_by_name, *, augment=None, rn
         gt_masks = np.zeros(image.shape[:2] + (max_gt,), bool)
         gt_masks[:, :, :n] = masks
 
-    rpn_match, rpn_bbox = build_rpn_targets(_pixel_anchors(config, image.shape), class_ids, boxes, config, rng)
-    meta = im.compose_image_meta(image_index, original_shape, image.shape, window, scale,
-                                 np.ones(config.num_classes))
+    rpn_match, rpn_bbox = build_rpn_targets(
+        _pixel_anchors(config, image.shape), class_ids, boxes, config, rng
+    )
+    meta = im.compose_image_meta(
+        image_index, original_shape, image.shape, window, scale, np.ones(config.num_classes)
+    )
     return {
         "input_image": im.mold_image(image, config),
         "input_image_meta": meta,
@@ -293,8 +317,18 @@ def input_specs(config):
     }
 
 
-def make_dataset(records, config, class_names, *, augment=None, shuffle=True, seed=0, repeat=True,
-                 deterministic=True, stats: PipelineStats | None = None):
+def make_dataset(
+    records,
+    config,
+    class_names,
+    *,
+    augment=None,
+    shuffle=True,
+    seed=0,
+    repeat=True,
+    deterministic=True,
+    stats: PipelineStats | None = None,
+):
     """A `tf.data.Dataset` of training batches (dicts keyed by `INPUT_NAMES`).
 
     Batches hold `config.images_per_batch` examples, with static shapes in "square" mode. Each epoch
@@ -329,8 +363,9 @@ def make_dataset(records, config, class_names, *, augment=None, shuffle=True, se
     batch = int(config.images_per_batch)
     n = len(records)
     if not repeat and n % batch:
-        log.warning("make_dataset: %d images do not fill batches of %d; the last %d are left out",
-                    n, batch, n % batch)
+        log.warning(
+            "make_dataset: %d images do not fill batches of %d; the last %d are left out", n, batch, n % batch
+        )
     stats = PipelineStats() if stats is None else stats
 
     def positions():
@@ -345,8 +380,13 @@ def make_dataset(records, config, class_names, *, augment=None, shuffle=True, se
 
     def build(index, epoch, position):
         example = load_training_example(
-            records[int(index)], config, class_ids_by_name, augment=augment,
-            rng=example_rng(seed, int(epoch), int(position)), image_index=int(index), stats=stats,
+            records[int(index)],
+            config,
+            class_ids_by_name,
+            augment=augment,
+            rng=example_rng(seed, int(epoch), int(position)),
+            image_index=int(index),
+            stats=stats,
         )
         return tuple(example[name] for name in INPUT_NAMES)
 

@@ -59,7 +59,7 @@ def anchor_gt_overlaps(anchors: np.ndarray, gt_boxes: np.ndarray, chunk: int = _
     gt_max = np.zeros(n_gt, np.float64)
     candidates = []  # (anchor idx, gt idx, iou) where a block reaches its own per-GT maximum
     for start in range(0, n_anchors, chunk):
-        block = anchors[start:start + chunk]
+        block = anchors[start : start + chunk]
         lo, hi = block[:, :2].min(axis=0), block[:, 2:].max(axis=0)
         near = np.flatnonzero(
             (gt[:, 0] < hi[0]) & (gt[:, 2] > lo[0]) & (gt[:, 1] < hi[1]) & (gt[:, 3] > lo[1])
@@ -81,8 +81,8 @@ def anchor_gt_overlaps(anchors: np.ndarray, gt_boxes: np.ndarray, chunk: int = _
 
         best = iou.argmax(axis=1)
         best_iou = iou[np.arange(len(block)), best]
-        anchor_max[start:start + len(block)] = best_iou
-        anchor_argmax[start:start + len(block)] = np.where(best_iou > 0, near[best], 0)
+        anchor_max[start : start + len(block)] = best_iou
+        anchor_argmax[start : start + len(block)] = np.where(best_iou > 0, near[best], 0)
 
         block_gt_max = iou.max(axis=0)
         rows, cols = np.nonzero((iou == block_gt_max) & (block_gt_max > 0))

@@ -81,7 +81,9 @@ class LoadReport:
         for reason, items in by_reason.items():
             lines.append(f"  skipped ({reason}): {len(items)}: {names(items)}")
         if self.missing:
-            lines.append(f"  missing in file (kept as initialised): {len(self.missing)}: {names(self.missing)}")
+            lines.append(
+                f"  missing in file (kept as initialised): {len(self.missing)}: {names(self.missing)}"
+            )
         for item in self.mismatched:
             lines.append(f"  mismatched: {item}")
         lines += [f"  note: {note}" for note in self.notes]
@@ -137,7 +139,9 @@ def read_legacy_h5(path) -> dict[str, list[np.ndarray]]:
         layer_names = _attribute_list(root, "layer_names")
         if not layer_names:
             hint = " (looks like a Keras 3 .weights.h5 file: use load_checkpoint)" if "vars" in f else ""
-            raise WeightLoadError(f"{path}: no 'layer_names' attribute, not a legacy Keras h5 weight file{hint}")
+            raise WeightLoadError(
+                f"{path}: no 'layer_names' attribute, not a legacy Keras h5 weight file{hint}"
+            )
         layers = {}
         for name in layer_names:
             if name not in root:
@@ -147,7 +151,9 @@ def read_legacy_h5(path) -> dict[str, list[np.ndarray]]:
             try:
                 arrays = [np.asarray(group[w]) for w in weight_names]
             except KeyError as err:
-                raise WeightLoadError(f"{path}: layer {name!r} lists a weight that is missing: {err}") from None
+                raise WeightLoadError(
+                    f"{path}: layer {name!r} lists a weight that is missing: {err}"
+                ) from None
             if arrays:
                 layers[name] = arrays
     return layers
@@ -233,7 +239,8 @@ def load_weights(model_or_layers, path, *, exclude=(), by_name=True, strict=True
         else:
             _assign(name, targets[name], arrays, report, strict, path)
     report.missing = [
-        name for name, layer in targets.items()
+        name
+        for name, layer in targets.items()
         if layer.weights and name not in file_layers and name not in exclude
     ]
     return report

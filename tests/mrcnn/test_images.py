@@ -212,8 +212,9 @@ def test_unmold_detections_drops_zero_area_and_clips_to_image():
 
 def test_unmold_detections_empty():
     config = MrcnnConfig(image_min_dim=128, image_max_dim=256)
-    out = im.unmold_detections(np.zeros((4, 6)), np.zeros((4, 28, 28, 2)), (100, 150, 3), (256, 256, 3),
-                               (64, 32, 192, 224))
+    out = im.unmold_detections(
+        np.zeros((4, 6)), np.zeros((4, 28, 28, 2)), (100, 150, 3), (256, 256, 3), (64, 32, 192, 224)
+    )
     assert out["rois"].shape == (0, 4) and out["class_ids"].shape == (0,) and out["scores"].shape == (0,)
     assert out["masks"].shape == (100, 150, 0)
     del config

@@ -16,8 +16,14 @@ from bookseg.mrcnn.inputs import INPUT_NAMES, PipelineStats, load_training_examp
 CLASSES = {"book": 1, "magazine": 2}
 # 64 x 96 images: scale 1 (min side 64 = image_min_dim), placed at (32, 16) in the 128² square.
 CONFIG = MrcnnConfig(
-    num_classes=3, image_min_dim=64, image_max_dim=128, rpn_anchor_scales=(8, 16, 32, 64, 128),
-    max_gt_instances=5, rpn_train_anchors_per_image=32, mini_mask_shape=(14, 14), images_per_batch=2,
+    num_classes=3,
+    image_min_dim=64,
+    image_max_dim=128,
+    rpn_anchor_scales=(8, 16, 32, 64, 128),
+    max_gt_instances=5,
+    rpn_train_anchors_per_image=32,
+    mini_mask_shape=(14, 14),
+    images_per_batch=2,
 )
 
 
@@ -39,10 +45,13 @@ def _record(path, instances, name="img.png", h=64, w=96):
 def two_books(tmp_path):
     path = tmp_path / "books.png"
     image = _write_image(path)
-    record = _record(path, [
-        Instance("book", _rect(10, 5, 30, 45), region="region 0"),
-        Instance("magazine", _rect(50, 20, 90, 60), region="region 1"),
-    ])
+    record = _record(
+        path,
+        [
+            Instance("book", _rect(10, 5, 30, 45), region="region 0"),
+            Instance("magazine", _rect(50, 20, 90, 60), region="region 1"),
+        ],
+    )
     return record, image
 
 
@@ -119,10 +128,13 @@ def test_image_without_instances_is_a_valid_negative(tmp_path):
 def test_subsamples_to_max_gt_instances_and_counts(tmp_path):
     path = tmp_path / "many.png"
     _write_image(path)
-    instances = [Instance("book", _rect(5 + 12 * i, 5, 15 + 12 * i, 50), region=f"region {i}") for i in range(7)]
+    instances = [
+        Instance("book", _rect(5 + 12 * i, 5, 15 + 12 * i, 50), region=f"region {i}") for i in range(7)
+    ]
     stats = PipelineStats()
-    ex = load_training_example(_record(path, instances), CONFIG, CLASSES, rng=np.random.default_rng(0),
-                               stats=stats)
+    ex = load_training_example(
+        _record(path, instances), CONFIG, CLASSES, rng=np.random.default_rng(0), stats=stats
+    )
     assert (ex["input_gt_class_ids"] == 1).sum() == 5
     assert stats.dropped_over_max == 2
     # The kept boxes are 5 distinct ones of the 7 (x1 = 5 + 12 i + 16 in the molded image), in order.
@@ -133,11 +145,15 @@ def test_subsamples_to_max_gt_instances_and_counts(tmp_path):
 def test_crowd_gets_negative_id_and_empty_annotation_is_counted_and_warned(tmp_path, caplog):
     path = tmp_path / "crowd.png"
     _write_image(path)
-    record = _record(path, [
-        Instance("book", _rect(10, 5, 30, 45), region="region 0"),
-        Instance("book", _rect(40, 5, 90, 60), region="region 1", iscrowd=True),
-        Instance("book", _rect(200, 200, 220, 230), region="region 2"),  # entirely outside the image
-    ], name="crowd.png")
+    record = _record(
+        path,
+        [
+            Instance("book", _rect(10, 5, 30, 45), region="region 0"),
+            Instance("book", _rect(40, 5, 90, 60), region="region 1", iscrowd=True),
+            Instance("book", _rect(200, 200, 220, 230), region="region 2"),  # entirely outside the image
+        ],
+        name="crowd.png",
+    )
     stats = PipelineStats()
     with caplog.at_level(logging.WARNING, logger="bookseg.mrcnn.inputs"):
         ex = load_training_example(record, CONFIG, CLASSES, rng=np.random.default_rng(0), stats=stats)
@@ -164,8 +180,9 @@ def test_augmentation_hook_is_applied_before_resize(two_books):
     def flip_and_drop_last(img, masks, class_ids, rng):
         calls["rng"] = rng
         assert img.shape == (64, 96, 3) and masks.shape == (64, 96, 2)
-        return SimpleNamespace(image=img[:, ::-1], masks=masks[:, ::-1, :1], class_ids=class_ids[:1],
-                               boxes=None, dropped=1)
+        return SimpleNamespace(
+            image=img[:, ::-1], masks=masks[:, ::-1, :1], class_ids=class_ids[:1], boxes=None, dropped=1
+        )
 
     stats = PipelineStats()
     rng = np.random.default_rng(0)
@@ -174,7 +191,9 @@ def test_augmentation_hook_is_applied_before_resize(two_books):
     assert stats.dropped_by_augmentation == 1
     # Columns 10..29 flipped in a 96 px wide image -> 66..85, + 16 window offset.
     np.testing.assert_array_equal(ex["input_gt_boxes"][:2], [[37, 82, 77, 102], [0, 0, 0, 0]])
-    np.testing.assert_allclose(ex["input_image"][32:96, 16:112], image[:, ::-1] - np.float32(CONFIG.mean_pixel))
+    np.testing.assert_allclose(
+        ex["input_image"][32:96, 16:112], image[:, ::-1] - np.float32(CONFIG.mean_pixel)
+    )
 
 
 def _records_for_dataset(tmp_path, n=5):
@@ -182,7 +201,9 @@ def _records_for_dataset(tmp_path, n=5):
     for i in range(n):
         path = tmp_path / f"im{i}.png"
         _write_image(path, seed=i)
-        instances = [Instance("book", _rect(5 + 10 * i, 5, 25 + 10 * i, 55), region="region 0")] if i % 2 else []
+        instances = (
+            [Instance("book", _rect(5 + 10 * i, 5, 25 + 10 * i, 55), region="region 0")] if i % 2 else []
+        )
         records.append(_record(path, instances, name=f"im{i}.png"))
     return records
 

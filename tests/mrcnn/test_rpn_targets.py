@@ -1,4 +1,4 @@
-"""RPN targets: a hand-made case with exact labels and deltas, crowds, caps, speed, and a dense cross-check."""
+"""RPN targets: exact hand-made labels and deltas, crowds, caps, speed, and a dense cross-check."""
 
 import math
 import time
@@ -34,7 +34,9 @@ def _config(per_image):
 
 
 def test_hand_case_exact_labels_and_deltas():
-    match, bbox = build_rpn_targets(HAND_ANCHORS, np.array([1, 1]), HAND_GT, _config(8), np.random.default_rng(0))
+    match, bbox = build_rpn_targets(
+        HAND_ANCHORS, np.array([1, 1]), HAND_GT, _config(8), np.random.default_rng(0)
+    )
     assert match.dtype == np.int32 and bbox.dtype == np.float32
     np.testing.assert_array_equal(match, [1, 1, 0, -1, -1, -1, -1, 1, -1])
     assert bbox.shape == (8, 4)
@@ -74,9 +76,7 @@ def test_caps_positives_to_half_and_fills_with_negatives():
     assert (match == -1).sum() == 2
     assert set(np.flatnonzero(match == -1)) <= {3, 4, 5, 6, 8}
     # Deltas follow the surviving positives in anchor order.
-    _, full_bbox = build_rpn_targets(
-        HAND_ANCHORS, [1, 1], HAND_GT, _config(8), np.random.default_rng(0)
-    )
+    _, full_bbox = build_rpn_targets(HAND_ANCHORS, [1, 1], HAND_GT, _config(8), np.random.default_rng(0))
     rows = {0: 0, 1: 1, 7: 2}
     np.testing.assert_allclose(bbox[:2], full_bbox[[rows[i] for i in positive]], atol=1e-6)
     assert not bbox[2:].any()
@@ -85,8 +85,9 @@ def test_caps_positives_to_half_and_fills_with_negatives():
 def test_no_gt_gives_only_negatives_capped():
     config = MrcnnConfig(image_max_dim=128, rpn_anchor_scales=(8, 16, 32, 64, 128))
     anchors = pixel_anchors_for(config, (128, 128))
-    match, bbox = build_rpn_targets(anchors, np.zeros(0, np.int32), np.zeros((0, 4)), config,
-                                    np.random.default_rng(0))
+    match, bbox = build_rpn_targets(
+        anchors, np.zeros(0, np.int32), np.zeros((0, 4)), config, np.random.default_rng(0)
+    )
     assert match.shape == (len(anchors),)
     assert (match == 1).sum() == 0
     assert (match == -1).sum() == config.rpn_train_anchors_per_image == 256

@@ -128,8 +128,12 @@ def test_every_array_lands_in_its_layer(tmp_path, model_weights):
 def test_nested_rpn_model_group_is_read_in_legacy_order(tmp_path):
     content = _legacy_arrays(_layers())
     assert [w for w, _ in content["rpn_model"]] == [
-        "rpn_conv_shared/kernel:0", "rpn_conv_shared/bias:0", "rpn_class_raw/kernel:0",
-        "rpn_class_raw/bias:0", "rpn_bbox_pred/kernel:0", "rpn_bbox_pred/bias:0",
+        "rpn_conv_shared/kernel:0",
+        "rpn_conv_shared/bias:0",
+        "rpn_class_raw/kernel:0",
+        "rpn_class_raw/bias:0",
+        "rpn_bbox_pred/kernel:0",
+        "rpn_bbox_pred/bias:0",
     ]
     path = _write_legacy(tmp_path / "w.h5", content)
     with h5py.File(path) as f:  # the layout Keras 2 wrote: datasets nested under the inner layer name
@@ -171,11 +175,16 @@ def test_other_shape_mismatch_raises_naming_layer_and_shapes(tmp_path):
     content = _legacy_arrays(_layers())
     content["res2a_branch2a"][0] = ("res2a_branch2a/kernel:0", np.ones((1, 1, 4, 5), np.float32))
     path = _write_legacy(tmp_path / "w.h5", content)
-    with pytest.raises(WeightLoadError, match=r"res2a_branch2a: file has \[\(1, 1, 4, 5\), \(4,\)\], "
-                                              r"model has \[\(1, 1, 4, 4\), \(4,\)\]"):
+    with pytest.raises(
+        WeightLoadError,
+        match=r"res2a_branch2a: file has \[\(1, 1, 4, 5\), \(4,\)\], "
+        r"model has \[\(1, 1, 4, 4\), \(4,\)\]",
+    ):
         load_weights(_layers(), path)
     report = load_weights(_layers(), path, strict=False)
-    assert report.mismatched == ["res2a_branch2a: file has [(1, 1, 4, 5), (4,)], model has [(1, 1, 4, 4), (4,)]"]
+    assert report.mismatched == [
+        "res2a_branch2a: file has [(1, 1, 4, 5), (4,)], model has [(1, 1, 4, 4), (4,)]"
+    ]
     assert "res2a_branch2a" not in report.loaded and "bn2a_branch2a" in report.loaded
     # Excluding the layer is the way out.
     assert "res2a_branch2a" in load_weights(_layers(), path, exclude=["res2a_branch2a"]).skipped
@@ -208,7 +217,13 @@ def test_keras3_imagenet_file_is_mapped_automatically(tmp_path):
         "res2a_branch1": _conv("res2a_branch1", 4, 1, 4),
         "bn4w_branch2b": _bn("bn4w_branch2b", 4),
     }
-    keras3_names = ["conv1_conv", "conv1_bn", "conv2_block1_1_conv", "conv2_block1_0_conv", "conv4_block23_2_bn"]
+    keras3_names = [
+        "conv1_conv",
+        "conv1_bn",
+        "conv2_block1_1_conv",
+        "conv2_block1_0_conv",
+        "conv4_block23_2_bn",
+    ]
     content, value = {}, 1.0
     for k3, name in zip(keras3_names, layers):
         entries = []
@@ -276,7 +291,9 @@ def test_summary_lists_everything(tmp_path):
 
 def _small_model(seed):
     keras.utils.set_random_seed(seed)
-    return keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="a"), keras.layers.Dense(2, name="b")])
+    return keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(4, name="a"), keras.layers.Dense(2, name="b")]
+    )
 
 
 def test_checkpoint_save_find_load(tmp_path):
@@ -316,7 +333,9 @@ def test_crash_while_saving_leaves_no_checkpoint(tmp_path, monkeypatch):
 
 def test_incompatible_checkpoint_raises_weight_load_error(tmp_path):
     path = save_checkpoint(_small_model(0), tmp_path, 1)
-    other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(5, name="a"), keras.layers.Dense(2, name="b")])
+    other = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(5, name="a"), keras.layers.Dense(2, name="b")]
+    )
     with pytest.raises(WeightLoadError, match="cannot restore this checkpoint"):
         load_checkpoint(other, path)
 
