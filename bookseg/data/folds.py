@@ -2,7 +2,7 @@
 
 Typical use::
 
-    assign_groups(records, regex=r"^(.*)_jpg\\.rf\\.")     # Roboflow copies NAME_jpg.rf.HASH.jpg
+    assign_groups(records, regex=r"^(.*)\\.rf\\.")     # Roboflow copies NAME_jpg.rf.HASH.jpg
     folds = make_folds(records, k=5, seed=0)
     save_folds(folds, "folds.json", {"seed": 0, "group_by": "regex ...",
                                      "groups": {r.image_id: r.group for r in records}})
@@ -40,7 +40,8 @@ def assign_groups(
         records: images to group (modified in place).
         regex: applied with `re.search` to each image's file name (`Path(record.path).name`); the
             group is the first capture group, or the whole match when the pattern has no group.
-            E.g. `^(.*)_jpg\\.rf\\.` for Roboflow copies, `^(\\d+)_\\d+s\\.jpg$` for video frames.
+            E.g. `^(.*)\\.rf\\.` for Roboflow copies (`NAME_jpg.rf.HASH.jpg`, `NAME-jpg_compressed_JPEG.rf.
+            HASH.jpg`), `^(\\d+)_\\d+s\\.jpg$` for video frames.
             A file name the regex does not match is an error (no fallback: a silent one-image group
             could put copies of one photo in different folds).
         attribute: name of a file attribute (VIA `file_attributes`) holding the group. A missing or
@@ -66,9 +67,11 @@ def assign_groups(
     else:
         groups, missing = [r.image_id for r in records], []
     if missing:
-        listed = "; ".join(r.where() + f" (file {Path(r.path).name})" for r in missing[:_MAX_LISTED])
+        sources = ", ".join(sorted({r.source for r in missing if r.source}))
+        listed = ", ".join(Path(r.path).name for r in missing[:_MAX_LISTED])
         more = f" and {len(missing) - _MAX_LISTED} more" if len(missing) > _MAX_LISTED else ""
-        raise ValueError(f"{what} {len(missing)} of {len(records)} images: {listed}{more}")
+        prefix = f"{sources}: " if sources else ""
+        raise ValueError(f"{prefix}{what} {len(missing)} of {len(records)} images: {listed}{more}")
     for record, group in zip(records, groups):
         record.group = group
     return groups
