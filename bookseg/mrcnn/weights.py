@@ -243,6 +243,11 @@ def load_weights(model_or_layers, path, *, exclude=(), by_name=True, strict=True
         for name, layer in targets.items()
         if layer.weights and name not in file_layers and name not in exclude
     ]
+    unknown = sorted(exclude - set(targets) - set(file_layers))
+    if unknown:
+        report.notes.append(
+            f"exclude names neither in the model nor in the file (typo?): {', '.join(unknown)}"
+        )
     return report
 
 

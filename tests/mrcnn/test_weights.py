@@ -151,13 +151,14 @@ def test_exclude_keeps_initial_weights(tmp_path):
     path = _write_legacy(tmp_path / "w.h5", _legacy_arrays(_layers()))
     layers = _layers()
     before = [w.numpy().copy() for w in layers["conv1"].weights]
-    report = load_weights(layers, path, exclude=["conv1", "bn_conv1"])
+    report = load_weights(layers, path, exclude=["conv1", "bn_conv1", "conv_1"])
     for weight, value in zip(layers["conv1"].weights, before):
         np.testing.assert_array_equal(weight.numpy(), value)
     assert set(report.skipped) == {"conv1", "bn_conv1"}
     assert report.reasons["conv1"] == "excluded"
     assert "conv1" not in report.loaded and "conv1" not in report.missing
     assert "res2a_branch2a" in report.loaded
+    assert report.notes == ["exclude names neither in the model nor in the file (typo?): conv_1"]
 
 
 def test_class_count_mismatch_auto_excludes_the_heads(tmp_path):
