@@ -146,8 +146,9 @@ def build_augmentation(
         min_visible_pixels: see `Augmenter`.
 
     Raises:
-        ValueError: an item that is not an albumentations transform, or a transform with a
+        ValueError: an item without `_target_`, one that cannot be built, or a transform with a
             non-constant border / non-zero mask fill (the message names the item).
+        TypeError: `spec` is not a list or dict, or an item is not an albumentations transform.
     """
     from hydra.utils import instantiate
     from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -161,7 +162,9 @@ def build_augmentation(
     elif isinstance(spec, Sequence) and not isinstance(spec, str):
         items = [(f"augmentation item {index}", item) for index, item in enumerate(spec) if item is not None]
     else:
-        raise ValueError(f"augmentation spec must be a list or a dict of transforms, got {type(spec).__name__}")
+        raise TypeError(
+            f"augmentation spec must be a list or a dict of transforms, got {type(spec).__name__}"
+        )
     transforms = []
     for label, item in items:
         if isinstance(item, A.BasicTransform | A.BaseCompose):
@@ -172,8 +175,10 @@ def build_augmentation(
             except Exception as error:
                 raise ValueError(f"{label}: cannot build {item['_target_']!r}: {error}") from error
         else:
-            raise ValueError(f"{label}: expected a mapping with '_target_' (e.g. albumentations.HorizontalFlip), "
-                             f"got {item!r}")
+            raise ValueError(
+                f"{label}: expected a mapping with '_target_' (e.g. albumentations.HorizontalFlip), "
+                f"got {item!r}"
+            )
         _check_transform(transform, label)
         transforms.append(transform)
     if not transforms:
@@ -187,7 +192,7 @@ def _check_transform(transform, label: str) -> None:
             _check_transform(child, f"{label}, child {index}")
         return
     if not isinstance(transform, A.BasicTransform):
-        raise ValueError(f"{label}: {type(transform).__name__} is not an albumentations transform")
+        raise TypeError(f"{label}: {type(transform).__name__} is not an albumentations transform")
     border = getattr(transform, "border_mode", cv2.BORDER_CONSTANT)
     if border != cv2.BORDER_CONSTANT:
         raise ValueError(
@@ -196,7 +201,9 @@ def _check_transform(transform, label: str) -> None:
         )
     fill_mask = getattr(transform, "fill_mask", 0)
     if np.any(np.asarray(fill_mask, dtype=float) != 0):
-        raise ValueError(f"{label}: {type(transform).__name__} has fill_mask={fill_mask}; masks must be filled with 0")
+        raise ValueError(
+            f"{label}: {type(transform).__name__} has fill_mask={fill_mask}; masks must be filled with 0"
+        )
 
 
 def _check_inputs(image, masks, class_ids):

@@ -165,8 +165,13 @@ def save_folds(folds: Sequence[Sequence[str]], path: str | os.PathLike, meta: Ma
         ValueError: inconsistent k, or an image in two folds.
     """
     path = Path(path)
-    data = {"k": len(folds), "seed": meta.get("seed"), "group_by": meta.get("group_by"),
-            "folds": [list(map(str, fold)) for fold in folds], "groups": dict(meta.get("groups", {}))}
+    data = {
+        "k": len(folds),
+        "seed": meta.get("seed"),
+        "group_by": meta.get("group_by"),
+        "folds": [list(map(str, fold)) for fold in folds],
+        "groups": dict(meta.get("groups", {})),
+    }
     data.update({key: value for key, value in meta.items() if key not in data})
     if meta.get("k", len(folds)) != len(folds):
         raise ValueError(f"{path}: meta says k={meta['k']} but there are {len(folds)} folds")
@@ -211,7 +216,9 @@ def _check_folds(data: Mapping, path: Path) -> None:
             continue
         previous = group_fold.setdefault(group, fold_of[image_id])
         if previous != fold_of[image_id]:
-            raise ValueError(f"{path}: group {group!r} is split across folds {previous} and {fold_of[image_id]}")
+            raise ValueError(
+                f"{path}: group {group!r} is split across folds {previous} and {fold_of[image_id]}"
+            )
 
 
 def _groups_from_regex(records, pattern: re.Pattern) -> tuple[list[str], list[ImageRecord]]:

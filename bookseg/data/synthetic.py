@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -171,8 +172,13 @@ def synthetic_dataset_path(
         name += "-" + _style_hash(style)
     cache_dir = Path(cache_dir)
     final = cache_dir / name
-    expected = {"generator_version": GENERATOR_VERSION, "n_images": n_images, "seed": seed,
-                "image_size": [height, width], "style": _style_hash(style)}
+    expected = {
+        "generator_version": GENERATOR_VERSION,
+        "n_images": n_images,
+        "seed": seed,
+        "image_size": [height, width],
+        "style": _style_hash(style),
+    }
     marker = final / COMPLETE_MARKER
     if final.exists():
         if not marker.is_file():
@@ -217,15 +223,19 @@ def render_shelf(rng: np.random.Generator, image_size: tuple[int, int], style: S
     boards = [b for b in boards if b[0] < height]
     compartments = [
         (top + t, next_top)  # (ceiling y, floor y)
-        for (top, t), (next_top, _) in zip(boards, boards[1:])
+        for (top, t), (next_top, _) in itertools.pairwise(boards)
         if next_top <= height - 1 and next_top - (top + t) > 0.4 * pitch
     ]
     canvas, back = draw.paint_background(rng, height, width, boards)
     owner = np.full((height, width), -1, np.int32)
     scene = _Scene(canvas, owner, back, rng, style, shadow=_shadow_params(rng, pitch))
 
-    n_books = 0 if rng.random() < style.empty_rate else int(rng.integers(*style.books_per_image, endpoint=True))
-    quotas = rng.multinomial(n_books, np.full(len(compartments), 1 / len(compartments))) if compartments else []
+    n_books = (
+        0 if rng.random() < style.empty_rate else int(rng.integers(*style.books_per_image, endpoint=True))
+    )
+    quotas = (
+        rng.multinomial(n_books, np.full(len(compartments), 1 / len(compartments))) if compartments else []
+    )
     for (ceiling, floor), quota in zip(compartments, quotas):
         scene.fill_compartment(ceiling, floor, int(quota), width)
     for ceiling, floor in compartments:
@@ -302,7 +312,9 @@ class _Scene:
                 thickness = max(room * rng.uniform(0.08, 0.14), 6.0)
                 angle = math.radians(rng.choice([-90.0, 90.0]) + rng.uniform(-2, 2))
                 geometry = draw.BookGeometry((rng.uniform(0, width), 0), thickness, length, angle)
-                geometry = dataclasses.replace(geometry, center=(geometry.center[0], floor - geometry.half_extent()[1]))
+                geometry = dataclasses.replace(
+                    geometry, center=(geometry.center[0], floor - geometry.half_extent()[1])
+                )
                 if self._may_cover(geometry.corners()):
                     self._paint_book(geometry)
                     break
@@ -340,7 +352,9 @@ class _Scene:
     def _paint_object(self, polygon: np.ndarray) -> None:
         colour = draw.random_colour(self.rng, [self.back], 60.0)
         draw.cast_shadow(self.canvas, polygon, self.shadow_offset, self.shadow_strength)
-        draw.paint_polygon(self.canvas, self.owner, _OBJECT_BASE_ID - self.n_objects, polygon, colour, self.rng)
+        draw.paint_polygon(
+            self.canvas, self.owner, _OBJECT_BASE_ID - self.n_objects, polygon, colour, self.rng
+        )
         self.n_objects += 1
 
     def _may_cover(self, polygon: np.ndarray) -> bool:
@@ -366,8 +380,14 @@ def _object_polygon(rng: np.random.Generator, x: float, floor: float, room: floa
     width = room * rng.uniform(0.15, 0.35)
     height = room * rng.uniform(0.2, 0.55)
     if kind == 0:  # box
-        return np.array([[x - width / 2, floor], [x + width / 2, floor],
-                         [x + width / 2, floor - height], [x - width / 2, floor - height]])
+        return np.array(
+            [
+                [x - width / 2, floor],
+                [x + width / 2, floor],
+                [x + width / 2, floor - height],
+                [x - width / 2, floor - height],
+            ]
+        )
     if kind == 1:  # vase: round body, narrow neck, small lip; outline from its half-width profile
         s = np.linspace(0.0, 1.0, 16)
         half = width / 2 * np.where(s < 0.75, 0.55 + 0.45 * np.sin(np.pi * s / 0.75), 0.3)
@@ -377,9 +397,16 @@ def _object_polygon(rng: np.random.Generator, x: float, floor: float, room: floa
         return np.concatenate([right, left])
     # bookend: an L seen from the front
     foot = width * 0.9
-    return np.array([[x - width / 2, floor], [x - width / 2 + foot, floor],
-                     [x - width / 2 + foot, floor - height * 0.12], [x - width / 2 + width * 0.2, floor - height * 0.12],
-                     [x - width / 2 + width * 0.2, floor - height], [x - width / 2, floor - height]])
+    return np.array(
+        [
+            [x - width / 2, floor],
+            [x - width / 2 + foot, floor],
+            [x - width / 2 + foot, floor - height * 0.12],
+            [x - width / 2 + width * 0.2, floor - height * 0.12],
+            [x - width / 2 + width * 0.2, floor - height],
+            [x - width / 2, floor - height],
+        ]
+    )
 
 
 def _shadow_params(rng: np.random.Generator, pitch: float) -> tuple[tuple[float, float], float]:

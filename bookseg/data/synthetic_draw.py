@@ -134,7 +134,7 @@ def paint_book(
     window = _window(geometry.corners(), owner.shape)
     if window is None:
         return
-    (y0, y1, x0, x1), mask = window
+    (y0, _, x0, _), mask = window
     ys, xs = np.nonzero(mask)
     points = np.stack([xs + x0 + 0.5, ys + y0 + 0.5], axis=1) - np.asarray(geometry.center)
     across, along = geometry.axes()
@@ -168,7 +168,7 @@ def paint_polygon(
     window = _window(polygon, owner.shape)
     if window is None:
         return
-    (y0, y1, x0, x1), mask = window
+    (y0, _, x0, _), mask = window
     ys, xs = np.nonzero(mask)
     left, right = polygon[:, 0].min(), polygon[:, 0].max()
     t = (xs + x0 + 0.5 - left) / max(right - left, 1.0)
@@ -187,7 +187,9 @@ def polygon_mask(polygon: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
-def cast_shadow(canvas: np.ndarray, polygon: np.ndarray, offset: tuple[float, float], strength: float) -> None:
+def cast_shadow(
+    canvas: np.ndarray, polygon: np.ndarray, offset: tuple[float, float], strength: float
+) -> None:
     """Darken the canvas under `polygon` shifted by `offset` (x, y) by `strength` (0..1), in place."""
     mask = polygon_mask(polygon + np.asarray(offset), canvas.shape[:2])
     canvas[mask] *= 1.0 - strength
@@ -208,7 +210,9 @@ def paint_background(
     if rng.random() < 0.5:
         back = wood * rng.uniform(0.45, 0.75)  # back panel of the bookcase, in its own shadow
     else:
-        back = np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.3), rng.uniform(0.55, 0.95))) * 255
+        back = (
+            np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.3), rng.uniform(0.55, 0.95))) * 255
+        )
     canvas = np.empty((height, width, 3), np.float32)
     canvas[:] = back
     # Soft vertical texture of the wall / panel.
@@ -221,7 +225,7 @@ def paint_background(
         fade = np.where(below >= 0, np.exp(-below / max(thickness * 1.5, 1.0)), 0.0)
         canvas *= (1.0 - 0.45 * fade)[:, None, None]
     for top, thickness in boards:
-        y0, y1 = int(round(top)), int(round(top + thickness))
+        y0, y1 = round(top), round(top + thickness)
         y0c, y1c = max(y0, 0), min(y1, height)
         if y1c <= y0c:
             continue
@@ -282,10 +286,10 @@ def _board_colour(rng: np.random.Generator) -> np.ndarray:
 def _window(polygon: np.ndarray, shape: tuple[int, int]):
     """Clipped bounding window of a polygon and its mask inside it, or None when off the image."""
     height, width = shape
-    x0 = max(int(math.floor(polygon[:, 0].min())), 0)
-    x1 = min(int(math.ceil(polygon[:, 0].max())) + 1, width)
-    y0 = max(int(math.floor(polygon[:, 1].min())), 0)
-    y1 = min(int(math.ceil(polygon[:, 1].max())) + 1, height)
+    x0 = max(math.floor(polygon[:, 0].min()), 0)
+    x1 = min(math.ceil(polygon[:, 0].max()) + 1, width)
+    y0 = max(math.floor(polygon[:, 1].min()), 0)
+    y1 = min(math.ceil(polygon[:, 1].max()) + 1, height)
     if x1 <= x0 or y1 <= y0:
         return None
     mask = rasterize_polygon(polygon - np.array([x0, y0]), y1 - y0, x1 - x0)

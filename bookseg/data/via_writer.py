@@ -331,4 +331,3 @@ def _filled_pixels(contour: np.ndarray) -> int:
 def _shoelace(polygon: np.ndarray) -> float:
     x, y = polygon[:, 0], polygon[:, 1]
     return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
-

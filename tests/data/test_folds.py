@@ -29,11 +29,17 @@ def _records(names, instances_per_image=None, attributes=None):
     for i, name in enumerate(names):
         n = instances_per_image[i] if instances_per_image else 1
         square = np.array([[0.0, 0.0], [4.0, 0.0], [4.0, 4.0]])
-        records.append(ImageRecord(
-            image_id=name, path=Path("/data") / name, width=10, height=10,
-            instances=[Instance("book", polygon=square) for _ in range(n)],
-            source="/data/project.json", attributes=(attributes or [{}] * len(names))[i],
-        ))
+        records.append(
+            ImageRecord(
+                image_id=name,
+                path=Path("/data") / name,
+                width=10,
+                height=10,
+                instances=[Instance("book", polygon=square) for _ in range(n)],
+                source="/data/project.json",
+                attributes=(attributes or [{}] * len(names))[i],
+            )
+        )
     return records
 
 
@@ -97,8 +103,10 @@ def test_regex_that_misses_a_file_names_it():
 
 
 def test_attribute_groups_and_missing_values():
-    records = _records(["a.jpg", "b.jpg", "c.jpg"],
-                       attributes=[{"scene": "s1"}, {"scene": 2}, {"scene": {"x": True, "y": False}}])
+    records = _records(
+        ["a.jpg", "b.jpg", "c.jpg"],
+        attributes=[{"scene": "s1"}, {"scene": 2}, {"scene": {"x": True, "y": False}}],
+    )
     assert assign_groups(records, attribute="scene") == ["s1", "2", "x"]
     records[1].attributes = {"scene": " "}
     with pytest.raises(ValueError, match=r"'scene' is missing or empty for 1 of 3 images: b.jpg"):

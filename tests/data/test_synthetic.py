@@ -73,10 +73,10 @@ def test_book_counts_and_variety(shelves):
     for entry in project["_via_img_metadata"].values():
         counts.append(len(entry["regions"]))
         for polygon in _polygons(entry):
-            (_, _), (w, h), angle = cv2.minAreaRect(polygon.astype(np.float32))
+            _, _, angle = cv2.minAreaRect(polygon.astype(np.float32))
             tilt = min(angle % 90, 90 - angle % 90)
             tilts += tilt > 4
-            lying += (np.ptp(polygon[:, 0]) > 2 * np.ptp(polygon[:, 1]))
+            lying += np.ptp(polygon[:, 0]) > 2 * np.ptp(polygon[:, 1])
     counts = np.array(counts)
     non_empty = counts[counts > 0]
     assert 6 <= np.median(non_empty) <= 25
@@ -181,7 +181,9 @@ def test_cache_generates_once_and_reuses(tmp_path):
     assert synthetic_dataset_path(tmp_path, 3, seed=2, image_size=(96, 128)) == path
     assert json.loads((path.parent / COMPLETE_MARKER).read_text()) == marker
     # A non-default style gets its own folder.
-    other = synthetic_dataset_path(tmp_path, 3, seed=2, image_size=(96, 128), style=ShelfStyle(empty_rate=1.0))
+    other = synthetic_dataset_path(
+        tmp_path, 3, seed=2, image_size=(96, 128), style=ShelfStyle(empty_rate=1.0)
+    )
     assert other.parent.name.startswith("synthetic-3-2-96x128-") and other != path
 
 

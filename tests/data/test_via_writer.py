@@ -31,7 +31,10 @@ def _rect_mask(y0, y1, x0, x1):
 def _records(tmp_path):
     triangle = np.array([[5.0, 5.0], [30.0, 8.0], [12.5, 33.0]])
     first = ImageRecord(
-        "a.png", _image(tmp_path / "data" / "images" / "a.png"), W, H,
+        "a.png",
+        _image(tmp_path / "data" / "images" / "a.png"),
+        W,
+        H,
         instances=[Instance("book", polygon=triangle), Instance("box", mask=_rect_mask(20, 35, 40, 52))],
         attributes={"group": "g1", "shot": 3},
     )
@@ -44,8 +47,13 @@ def test_project_has_the_layout_via_loads(tmp_path):
     path = write_via2_project(records, tmp_path / "data" / "project.json")
     project = json.loads(path.read_text())
 
-    assert list(project) == ["_via_settings", "_via_img_metadata", "_via_attributes",
-                             "_via_data_format_version", "_via_image_id_list"]
+    assert list(project) == [
+        "_via_settings",
+        "_via_img_metadata",
+        "_via_attributes",
+        "_via_data_format_version",
+        "_via_image_id_list",
+    ]
     settings = project["_via_settings"]
     assert set(settings) == {"ui", "core", "project"}
     assert settings["core"]["default_filepath"] == "images/"
@@ -71,7 +79,8 @@ def test_project_has_the_layout_via_loads(tmp_path):
 
     assert project["_via_img_metadata"][f"b.png{size_b}"]["regions"] == []
     assert project["_via_attributes"]["region"] == {
-        "name": {"type": "text", "description": "object class", "default_value": ""}}
+        "name": {"type": "text", "description": "object class", "default_value": ""}
+    }
     assert set(project["_via_attributes"]["file"]) == {"group", "shot"}
 
 
@@ -123,10 +132,14 @@ def test_missing_image_file_gets_size_minus_one(tmp_path):
 def test_extra_region_attributes_are_written_and_declared(tmp_path):
     records = _records(tmp_path)
     extras = {"a.png": [{"score": 0.91}, {"score": "0.5"}]}
-    project = json.loads(write_via2_project(records, tmp_path / "p.json", region_attributes=extras).read_text())
+    project = json.loads(
+        write_via2_project(records, tmp_path / "p.json", region_attributes=extras).read_text()
+    )
     regions = next(iter(project["_via_img_metadata"].values()))["regions"]
-    assert [r["region_attributes"] for r in regions] == [{"name": "book", "score": "0.91"},
-                                                        {"name": "box", "score": "0.5"}]
+    assert [r["region_attributes"] for r in regions] == [
+        {"name": "book", "score": "0.91"},
+        {"name": "box", "score": "0.5"},
+    ]
     assert set(project["_via_attributes"]["region"]) == {"name", "score"}
     with pytest.raises(ValueError, match="2 instances"):
         write_via2_project(records, tmp_path / "q.json", region_attributes={"a.png": [{"score": 1}]})
@@ -180,9 +193,15 @@ def test_thin_masks_become_their_pixel_box(pixels):
 def test_split_and_empty_masks_are_counted_not_silent(tmp_path, caplog):
     two_parts = _rect_mask(2, 10, 2, 10) | _rect_mask(20, 38, 30, 50)
     record = ImageRecord(
-        "a.png", _image(tmp_path / "a.png"), W, H,
-        instances=[Instance("book", mask=two_parts), Instance("book", mask=np.zeros((H, W), bool)),
-                   Instance("book", mask=_rect_mask(0, 5, 50, 60))],
+        "a.png",
+        _image(tmp_path / "a.png"),
+        W,
+        H,
+        instances=[
+            Instance("book", mask=two_parts),
+            Instance("book", mask=np.zeros((H, W), bool)),
+            Instance("book", mask=_rect_mask(0, 5, 50, 60)),
+        ],
     )
     with caplog.at_level(logging.WARNING, logger="bookseg.data.via_writer"):
         path = write_via2_project([record], tmp_path / "p.json")
