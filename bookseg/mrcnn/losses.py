@@ -146,4 +146,4 @@ def weight_decay_loss(variables, weight_decay: float, mode: str):
     if not variables or weight_decay == 0:
         return tf.constant(0.0, tf.float32)
     reduce = tf.reduce_mean if mode == "matterport" else tf.reduce_sum
-    return weight_decay * tf.add_n([reduce(tf.square(getattr(v, "value", v))) for v in variables])
+    return weight_decay * tf.add_n([reduce(tf.square(v)) for v in variables])

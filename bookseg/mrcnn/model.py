@@ -113,11 +113,7 @@ class MaskRCNN(keras.Model):
         self.roi_align_mask = PyramidROIAlign((config.mask_pool_size, config.mask_pool_size), "roi_align_mask")
         self.detection_layer = DetectionLayer(config)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOG_NAMES}
-        bn_scales = []
-        for layer in named_weight_layers(self).values():
-            if isinstance(layer, keras.layers.BatchNormalization):
-                bn_scales += [layer.gamma, layer.beta]
-        self._bn_scale_paths = frozenset(v.path for v in bn_scales)
+        self._bn_scale_paths = frozenset(v.path for v in self.batch_norm_scales())
         self._inference_functions = {}
         self.built = True
 
@@ -202,6 +198,14 @@ class MaskRCNN(keras.Model):
                 out["target_mask"], out["target_class_ids"], out["mrcnn_mask_logits"]
             ),
         }
+
+    def batch_norm_scales(self) -> list:
+        """BatchNorm gamma and beta variables of every BN layer (never weight-decayed)."""
+        scales = []
+        for layer in named_weight_layers(self).values():
+            if isinstance(layer, keras.layers.BatchNormalization):
+                scales += [layer.gamma, layer.beta]
+        return scales
 
     def weight_decay_variables(self) -> list:
         """Trainable weights that take weight decay: all but BatchNorm gamma/beta (matterport)."""
