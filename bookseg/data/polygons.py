@@ -88,11 +88,12 @@ def drop_repeated_vertices(polygon: np.ndarray) -> np.ndarray:
     if len(pts) < 2:
         return pts
     keep = np.empty(len(pts), bool)
-    keep[0] = bool((pts[0] != pts[-1]).any())  # vertex 0 repeats the last one: drop it
+    keep[0] = True
     keep[1:] = (pts[1:] != pts[:-1]).any(axis=1)
-    if not keep.any():  # every vertex is the same point
-        return pts[:1]
-    return pts[keep]
+    pts = pts[keep]
+    if len(pts) > 1 and (pts[-1] == pts[0]).all():  # closing vertex repeating the first
+        pts = pts[:-1]
+    return pts
 
 
 def _batch_signed_area(polys: np.ndarray) -> np.ndarray:

@@ -10,6 +10,8 @@ the region-attribute options of the loader do not apply.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from pycocotools import mask as mask_utils
 
@@ -76,7 +78,10 @@ def _rle_mask(segmentation: dict) -> np.ndarray:
         rle = {"size": [height, width], "counts": counts.encode("ascii")}
     else:
         raise TypeError("counts is neither a list nor a string")
-    return mask_utils.decode(rle).astype(bool)
+    with warnings.catch_warnings():
+        # pycocotools' Cython RLE object predates numpy 2's `copy` keyword of `__array__`.
+        warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
+        return mask_utils.decode(rle).astype(bool)
 
 
 def _region(ann: dict, label: str, class_name: str, image_id: str, ctx: ReadContext) -> RawRegion | None:
