@@ -277,3 +277,21 @@ def test_read_dataset_returns_report_instead_of_raising(tmp_path):
     dataset = read_dataset(path)
     assert [r.image_id for r in dataset.records] == ["a.jpg"]
     assert [(p.kind, p.image) for p in dataset.report.errors] == [("missing_image", "gone.jpg")]
+
+
+def test_via3_remote_and_absolute_files_are_errors(tmp_path):
+    write_image(tmp_path / "one.jpg")
+    data = _via3_project()
+    data["file"]["2"].update(loc=2, src="https://example.com/two.jpg")
+    data["file"]["3"] = {"fid": "3", "fname": "three.jpg", "type": 2, "loc": 3, "src": "/abs/three.jpg"}
+    data["view"]["3"] = {"fid_list": ["3"]}
+    data["project"]["vid_list"].append("3")
+    data["config"]["file"]["loc_prefix"]["3"] = ""
+    data["metadata"]["1_g"] = {"vid": "1", "flg": 0, "z": [2.5], "xy": [7, 1, 1, 5, 1, 5, 5], "av": {}}
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(write_json(tmp_path / "via3.json", data), class_attribute="kind")
+    assert [(p.kind, p.image, p.region) for p in caught.value.problems] == [
+        ("remote_image", "two.jpg", ""),
+        ("bad_region", "one.jpg", "region 1_g"),
+        ("unsafe_path", "three.jpg", ""),
+    ]

@@ -107,9 +107,15 @@ class _Project:
     def file_name(self, fid: str, image_id: str) -> str | None:
         """The file name to resolve for a file entry, or None after reporting why there is none."""
         entry = self.files[fid]
-        loc = int(number(entry.get("loc", 1)))
+        try:
+            loc, kind = int(number(entry.get("loc", 1))), int(number(entry.get("type", 2)))
+        except (TypeError, ValueError):
+            self.ctx.report.add(
+                "bad_entry", self.ctx.source, image_id, "", f"file {fid}: loc / type are not numbers"
+            )
+            return None
         src = str(entry.get("src") or "")
-        if entry.get("type", 2) != 2:
+        if kind != 2:
             self.ctx.report.add(
                 "bad_entry",
                 self.ctx.source,
