@@ -243,3 +243,20 @@ def test_rasterize_polygon_follows_the_documented_pixel_centre_even_odd_rule():
     )
     star_mask = rasterize_polygon(star, 100, 100)
     assert not star_mask[50, 50] and star_mask[20, 50]  # even-odd: the centre pentagon is a hole
+
+
+def test_contour_through_boundary_pixel_centres_rasterises_back_to_its_mask():
+    import cv2
+
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        mask = np.zeros((40, 40), np.uint8)
+        for _ in range(3):
+            cv2.circle(mask, tuple(int(v) for v in rng.integers(5, 35, 2)), int(rng.integers(2, 9)), 1, -1)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        filled = np.zeros_like(mask)
+        cv2.drawContours(filled, contours, -1, 1, -1)
+        back = np.zeros((40, 40), bool)
+        for contour in contours:
+            back |= rasterize_polygon(contour.reshape(-1, 2) + 0.5, 40, 40)
+        np.testing.assert_array_equal(back, filled.astype(bool))
