@@ -181,7 +181,10 @@ def read_dataset(
         elif detected == "labelme":
             if detect_format(data) != "labelme":
                 raise _fatal(
-                    "unknown_format", file, "folder of LabelMe files holds a file that is not LabelMe JSON"
+                    "unknown_format",
+                    file,
+                    f"{path} holds several .json files, read as LabelMe files, but this one is "
+                    "not LabelMe JSON (pass the annotation file itself)",
                 )
             image = read_labelme(data, ctx, basename_only=images_dir is not None)
             images += [image] if image is not None else []
