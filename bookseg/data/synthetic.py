@@ -168,7 +168,7 @@ def synthetic_dataset_path(
     style = style or ShelfStyle()
     height, width = (int(v) for v in image_size)
     name = f"synthetic-{n_images}-{seed}-{height}x{width}"
-    if style != ShelfStyle():
+    if _style_hash(style) != _style_hash(ShelfStyle()):  # compares values, so lists from YAML match tuples
         name += "-" + _style_hash(style)
     cache_dir = Path(cache_dir)
     final = cache_dir / name
