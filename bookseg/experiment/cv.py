@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import mlflow
@@ -33,7 +32,7 @@ def cross_validate(cfg: DictConfig, dataset, job_dir: Path, state: RunState) -> 
     mlflow.log_artifact(str(job_dir / "folds.json"))
     selected = list(cfg.cv.folds) if cfg.cv.folds is not None else list(range(cfg.cv.k))
     todo = [i for i in selected if not state.fold(i).get("metrics")]
-    progress = JobProgress(total_epochs(cfg) * len(todo))
+    progress = JobProgress(total_epochs(cfg) * len(todo), cfg.stages.steps_per_epoch)
     results: dict[int, dict[str, float]] = {}
     for index in selected:
         fold_state = state.fold(index)
@@ -53,12 +52,17 @@ def cross_validate(cfg: DictConfig, dataset, job_dir: Path, state: RunState) -> 
 
 
 def aggregate(results: dict[int, dict[str, float]]) -> dict[str, float]:
-    """Mean and (population) std across folds of every fold metric: `cv/<name>_mean`, `cv/<name>_std`."""
+    """Mean and (population) std across folds of every fold metric: `cv/<name>_mean`, `cv/<name>_std`.
+
+    A fold whose metric is undefined (NaN: no ground-truth book in its validation images) is left out of
+    that metric's mean; `cv/n_folds` counts the folds aggregated.
+    """
     out = {}
     for name in FOLD_METRICS:
         values = np.array([m[name] for m in results.values()], float)
-        out[f"cv/{name}_mean"] = float(values.mean())
-        out[f"cv/{name}_std"] = float(values.std())
+        finite = values[np.isfinite(values)]
+        out[f"cv/{name}_mean"] = float(finite.mean()) if finite.size else float("nan")
+        out[f"cv/{name}_std"] = float(finite.std()) if finite.size else float("nan")
     out["cv/n_folds"] = float(len(results))
     return out
 
@@ -81,7 +85,3 @@ def log_config(cfg: DictConfig, job_dir: Path) -> None:
     path = job_dir / "config.yaml"
     path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     mlflow.log_artifact(str(path))
-
-
-def finite_or_nan(value: float) -> float:
-    return value if math.isfinite(value) else float("nan")

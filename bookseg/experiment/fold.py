@@ -75,7 +75,7 @@ def run_fold(cfg: DictConfig, index: int, train: list[ImageRecord], val: list[Im
     callbacks = [
         MlflowEpochLogger(),
         EpochCheckpoint(ckpt_dir),
-        progress.callback(index, cfg.cv.k, stage_of_epoch(cfg)),
+        progress.callback(index, cfg.cv.k, total_epochs(cfg), stage_of_epoch(cfg)),
     ]
     if cfg.tracking.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(fold_dir / "tensorboard"), write_graph=False,
@@ -85,7 +85,7 @@ def run_fold(cfg: DictConfig, index: int, train: list[ImageRecord], val: list[Im
             model, train_data, val_data if cfg.stages.validation_steps else None,
             factory.stages(cfg), factory.optimizer_spec(cfg),
             steps_per_epoch=cfg.stages.steps_per_epoch, validation_steps=cfg.stages.validation_steps,
-            callbacks=callbacks, initial_epoch=initial_epoch, verbose=2,
+            callbacks=callbacks, initial_epoch=initial_epoch, verbose=0,
         )
 
     metrics, overlays = evaluate_fold(cfg, model, val, class_names)

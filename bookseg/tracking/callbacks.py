@@ -47,35 +47,51 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
 
 class JobProgress:
-    """Epoch counter across all folds of a job, for 'time left' estimates."""
+    """Progress of a whole job (all folds): prints epoch, step, losses and the time left.
 
-    def __init__(self, total_epochs: int):
-        self.total = max(total_epochs, 1)
-        self.done = 0
+    A line is printed at the end of every epoch and, within long epochs, every `every_seconds`.
+    """
+
+    def __init__(self, total_epochs: int, steps_per_epoch: int, every_seconds: float = 15.0):
+        self.total_steps = max(total_epochs * steps_per_epoch, 1)
+        self.steps_per_epoch = steps_per_epoch
+        self.every = every_seconds
+        self.done_steps = 0
         self.start = time.monotonic()
 
-    def callback(self, fold: int, n_folds: int, stage_of_epoch) -> keras.callbacks.Callback:
+    def skip(self, epochs: int) -> None:
+        """Discount epochs finished before a resume, so the estimate covers only what is left."""
+        self.total_steps = max(self.total_steps - epochs * self.steps_per_epoch, 1)
+
+    def time_left(self) -> float:
+        elapsed = time.monotonic() - self.start
+        return elapsed / max(self.done_steps, 1) * (self.total_steps - self.done_steps)
+
+    def callback(self, fold: int, n_folds: int, n_epochs: int, stage_of_epoch) -> keras.callbacks.Callback:
         progress = self
 
         class _Print(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.epoch = epoch
+                self.last = time.monotonic()
+
+            def on_train_batch_end(self, batch, logs=None):
+                progress.done_steps += 1
+                if time.monotonic() - self.last >= progress.every:
+                    self.last = time.monotonic()
+                    self._print(f"step {batch + 1}/{progress.steps_per_epoch}", logs)
+
             def on_epoch_end(self, epoch, logs=None):
-                progress.done += 1
-                elapsed = time.monotonic() - progress.start
-                left = elapsed / progress.done * (progress.total - progress.done)
-                stage = stage_of_epoch(epoch)
-                losses = "  ".join(f"{k}={v:.3f}" for k, v in (logs or {}).items() if "loss" in k)
-                print(
-                    f"[fold {fold + 1}/{n_folds} | stage {stage} | epoch {epoch + 1}] {losses}\n"
-                    f"    job: {progress.done}/{progress.total} epochs, elapsed {_hms(elapsed)}, "
-                    f"about {_hms(left)} left",
-                    flush=True,
-                )
+                self._print("done", logs)
+
+            def _print(self, where, logs):
+                head = (f"fold {fold + 1}/{n_folds} | stage {stage_of_epoch(self.epoch)} | "
+                        f"epoch {self.epoch + 1}/{n_epochs} {where}")
+                losses = " ".join(f"{k}={v:.3f}" for k, v in sorted((logs or {}).items()) if "loss" in k)
+                print(f"[{head} | {_hms(time.monotonic() - progress.start)} elapsed, about "
+                      f"{_hms(progress.time_left())} left] {losses}", flush=True)
 
         return _Print()
-
-    def skip(self, epochs: int) -> None:
-        """Count epochs finished before a resume, so the estimate covers only what is left."""
-        self.total = max(self.total - epochs, 1)
 
 
 def _hms(seconds: float) -> str:
