@@ -223,6 +223,18 @@ class MaskRCNN(keras.Model):
         return tf.add_n([float(weights[name]) * named_losses[name] for name in LOSS_NAMES]) + l2_loss
 
     # ------------------------------------------------------------------ Keras training API
+    def compile(self, optimizer="sgd", **kwargs):
+        """Keras `compile` with `jit_compile=False` by default; builds the optimizer right away.
+
+        Building the optimizer's slots here (for the *current* trainable set, so call
+        `training.set_trainable` first) keeps variable creation out of the traced train step,
+        which TensorFlow would otherwise trace twice. Losses are not passed: `train_step`
+        computes them.
+        """
+        kwargs.setdefault("jit_compile", False)
+        super().compile(optimizer=optimizer, **kwargs)
+        self.optimizer.build(self.trainable_variables)
+
     @property
     def metrics(self):
         return list(self.trackers.values())

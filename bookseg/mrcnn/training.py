@@ -216,6 +216,7 @@ def train_stages(model, train_data, val_data, stages, optimizer: OptimizerSpec, 
                 steps_per_epoch=steps_per_epoch,
                 validation_steps=validation_steps if val_data is not None else None,
                 callbacks=[NonFiniteLossGuard(), *callbacks],
+                shuffle=False,  # datasets come shuffled from the input pipeline
                 verbose=verbose,
             )
             for row, epoch in enumerate(history.epoch):
