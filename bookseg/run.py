@@ -21,8 +21,6 @@ from omegaconf import DictConfig
 import bookseg  # noqa: F401  (sets KERAS_BACKEND before anything imports keras)
 from bookseg.config.schema import register_configs
 from bookseg.config.validate import validate
-from bookseg.experiment.cv import aggregate, cross_validate, log_config, results_table
-from bookseg.experiment.data import fingerprint, load_data
 from bookseg.tracking.mlflow_runs import RunState, open_parent_run, record_failed_job, run_key, tracking_uri
 
 register_configs()
@@ -45,6 +43,10 @@ def job_directory(cfg: DictConfig, key: str) -> Path:
 
 def run(cfg: DictConfig, opened: dict) -> float:
     """The job; `opened["run_id"]` is set once the MLflow parent run exists (for failure reporting)."""
+    # Imported here so that `--cfg job`, `--help` and config errors do not wait for TensorFlow.
+    from bookseg.experiment.cv import aggregate, cross_validate, log_config, results_table
+    from bookseg.experiment.data import fingerprint, load_data
+
     validate(cfg)
     dataset = load_data(cfg)
     print(dataset.report.summary() if dataset.report else "", flush=True)
