@@ -16,7 +16,6 @@ Inputs are molded images: float32 [B, H, W, 3], RGB minus the mean pixel, H and 
 
 from __future__ import annotations
 
-import keras
 from keras import layers
 
 BN_EPSILON = 1e-3  # Keras' default, what matterport's weights were trained with

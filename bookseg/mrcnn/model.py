@@ -16,8 +16,8 @@ then stops training with a clear error.
 
 from __future__ import annotations
 
-import numpy as np
 import keras
+import numpy as np
 import tensorflow as tf
 
 from bookseg.mrcnn import losses as L
@@ -48,7 +48,7 @@ def build_backbone_fpn(config: MrcnnConfig) -> keras.Model:
     return keras.Model(image, fpn_graph(c2, c3, c4, c5, config.top_down_pyramid_size), name="backbone_fpn")
 
 
-def named_weight_layers(model: "MaskRCNN") -> dict[str, keras.layers.Layer]:
+def named_weight_layers(model: MaskRCNN) -> dict[str, keras.layers.Layer]:
     """Every layer that owns weights, keyed by its matterport name; `rpn_model` is one entry.
 
     This is the weight loader's and `set_trainable`'s view of the network. Order: backbone,

@@ -18,28 +18,28 @@ from bookseg.mrcnn.rpn_targets import build_rpn_targets
 
 def tiny_config(**changes) -> MrcnnConfig:
     """A genuinely small model on 64 x 64 images (builds in ~1 s, a step in well under a second)."""
-    base = dict(
-        backbone="tiny",
-        tiny_channels=(8, 16, 32, 64),
-        num_classes=2,
-        image_min_dim=64,
-        image_max_dim=64,
-        rpn_anchor_scales=(8, 16, 32, 64, 128),
-        top_down_pyramid_size=32,
-        rpn_conv_channels=32,
-        fpn_classif_fc_layers_size=64,
-        mask_head_channels=16,
-        rpn_train_anchors_per_image=64,
-        pre_nms_limit=500,
-        post_nms_rois_training=100,
-        post_nms_rois_inference=50,
-        train_rois_per_image=32,
-        max_gt_instances=8,
-        mini_mask_shape=(28, 28),
-        images_per_batch=2,
-        detection_max_instances=10,
-        detection_min_confidence=0.5,
-    )
+    base = {
+        "backbone": "tiny",
+        "tiny_channels": (8, 16, 32, 64),
+        "num_classes": 2,
+        "image_min_dim": 64,
+        "image_max_dim": 64,
+        "rpn_anchor_scales": (8, 16, 32, 64, 128),
+        "top_down_pyramid_size": 32,
+        "rpn_conv_channels": 32,
+        "fpn_classif_fc_layers_size": 64,
+        "mask_head_channels": 16,
+        "rpn_train_anchors_per_image": 64,
+        "pre_nms_limit": 500,
+        "post_nms_rois_training": 100,
+        "post_nms_rois_inference": 50,
+        "train_rois_per_image": 32,
+        "max_gt_instances": 8,
+        "mini_mask_shape": (28, 28),
+        "images_per_batch": 2,
+        "detection_max_instances": 10,
+        "detection_min_confidence": 0.5,
+    }
     base.update(changes)
     return MrcnnConfig(**base)
 

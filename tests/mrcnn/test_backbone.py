@@ -14,8 +14,8 @@ from .conftest import tiny_config
 
 def expected_resnet_layers(stage4_blocks: int) -> dict:
     """Contract §1.3 table: {layer name: [weight shapes]} of the backbone, written from the spec."""
-    conv = lambda k, cin, cout: [(k, k, cin, cout), (cout,)]  # noqa: E731
-    bn = lambda c: [(c,)] * 4  # noqa: E731
+    conv = lambda k, cin, cout: [(k, k, cin, cout), (cout,)]
+    bn = lambda c: [(c,)] * 4
     layers = {"conv1": conv(7, 3, 64), "bn_conv1": bn(64)}
     stages = [(2, 3, 64, 256), (3, 4, 128, 512), (4, stage4_blocks, 256, 1024), (5, 3, 512, 2048)]
     cin = 64
@@ -88,7 +88,7 @@ def test_r101_legacy_weight_order(r101_coco):
 def test_r50_backbone_has_53_convs_and_53_bns():
     model = MaskRCNN(MrcnnConfig(backbone="resnet50"))
     named = named_weight_layers(model)
-    assert set(n for n in named if n.startswith(("conv1", "bn_conv1", "res", "bn"))) == set(expected_resnet_layers(6))
+    assert {n for n in named if n.startswith(("conv1", "bn_conv1", "res", "bn"))} == set(expected_resnet_layers(6))
     assert sum(n.startswith(("conv1", "res")) for n in named) == 53
     assert sum(n.startswith(("bn_conv1", "bn")) for n in named) == 53
     # BN epsilon and conv biases as matterport.
@@ -129,7 +129,7 @@ def test_frozen_batchnorm_ignores_training_flag():
 
 
 def test_training_batchnorm_uses_batch_statistics_even_in_inference_calls():
-    layer, x, out = _bn_after_batches(True, False)
+    layer, _x, out = _bn_after_batches(True, False)
     assert np.all(layer.moving_mean.numpy() > 0.01)  # updated towards 5
     assert abs(float(tf.reduce_mean(out))) < 1e-3  # normalised with batch statistics
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 from bookseg.mrcnn.anchors import anchors_for
 from bookseg.mrcnn.boxes import norm_boxes
 from bookseg.mrcnn.images import parse_image_meta
-from bookseg.mrcnn.model import MaskRCNN, TRAINING_INPUTS
+from bookseg.mrcnn.model import TRAINING_INPUTS, MaskRCNN
 
 from .conftest import make_batch, shelf_scene, tiny_config
 

@@ -10,7 +10,12 @@ import tensorflow as tf
 from bookseg.mrcnn.config import LOSS_NAMES, MrcnnConfig
 from bookseg.mrcnn.model import MaskRCNN, named_weight_layers
 from bookseg.mrcnn.training import (
-    NonFiniteLossError, OptimizerSpec, Stage, make_optimizer, set_trainable, train_stages,
+    NonFiniteLossError,
+    OptimizerSpec,
+    Stage,
+    make_optimizer,
+    set_trainable,
+    train_stages,
 )
 
 from .conftest import make_batch, shelf_scene, tiny_config
