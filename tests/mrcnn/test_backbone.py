@@ -139,3 +139,11 @@ def test_batchnorm_none_follows_the_call_flag():
     np.testing.assert_allclose(layer.moving_mean.numpy(), 0.0)
     layer, _, _ = _bn_after_batches(None, True)
     assert np.all(layer.moving_mean.numpy() > 0.01)
+
+
+@pytest.mark.parametrize("train_bn", [False, True, None])
+def test_every_batchnorm_of_the_model_follows_config_train_bn(train_bn):
+    named = named_weight_layers(MaskRCNN(tiny_config(train_bn=train_bn)))
+    bns = [layer for layer in named.values() if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(bns) == 10 + 2 + 4  # tiny backbone, classifier head, mask head
+    assert all(isinstance(layer, BatchNorm) and layer.train_bn is train_bn for layer in bns)

@@ -163,6 +163,20 @@ def test_detection_targets_sampling_deltas_and_masks():
     np.testing.assert_array_equal(target_masks[0, 2:], 0)
 
 
+def test_detection_targets_from_full_size_masks():
+    config = _targets_config(use_mini_mask=False)
+    ids, boxes, _ = _gt()
+    full = np.zeros((1, 101, 101, 3), np.float32)
+    full[0, 10:51, 10:31, 0] = 1.0  # rows 10..50, columns 10..30 of the box [0.1, 0.1, 0.5, 0.5] * 100
+    rois, class_ids, _, target_masks, _ = (
+        t.numpy() for t in detection_targets(tf.constant(_proposals()), tf.constant(ids), tf.constant(boxes),
+                                             tf.constant(full), config, deterministic=True)
+    )
+    exact = int(np.flatnonzero(np.isclose(rois[0, :2, 0], 0.1) & (class_ids[0, :2] == 1))[0])
+    # The ROI spans columns 10..50; the mask covers 10..30, i.e. the left half of the 28 columns.
+    assert target_masks[0, exact, :, :13].min() == 1 and target_masks[0, exact, :, 15:].max() == 0
+
+
 def test_detection_targets_without_gt_sample_negatives():
     config = _targets_config()
     ids, boxes, masks = _gt()

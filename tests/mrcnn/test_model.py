@@ -1,5 +1,6 @@
 """MaskRCNN graphs: output shapes, images without books, and `detect` in original pixel coordinates."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -132,12 +133,14 @@ def test_detect_returns_boxes_and_masks_in_original_pixels(tiny_model, monkeypat
 
 
 def test_detect_real_graph_any_size_pad64_and_chunks():
+    keras.utils.set_random_seed(1)  # an untrained model whose argmax is a book for some ROIs
     config = tiny_config(image_resize_mode="pad64", images_per_batch=2)
     model = MaskRCNN(config)
     image, _ = shelf_scene()
-    images = [image, image[:50, :40], np.zeros((100, 70, 3), np.uint8), image]
+    # Molded shapes: 64x64 (images 0, 3, 4), 128x64, 128x128; the 64x64 group runs as chunks [0, 3], [4].
+    images = [image, image[:50, :40], np.zeros((100, 70, 3), np.uint8), image, image]
     results = model.detect(images, min_confidence=0.0, max_instances=5)
-    assert len(results) == 4
+    assert len(results) == 5
     for source, result in zip(images, results):
         n = len(result["scores"])
         assert n <= 5
@@ -146,9 +149,11 @@ def test_detect_real_graph_any_size_pad64_and_chunks():
         if n:
             assert np.all(result["rois"][:, 2] <= source.shape[0]) and np.all(result["rois"][:, 3] <= source.shape[1])
             assert np.all(np.diff(result["scores"]) <= 1e-6)
-    # The two identical images give identical results (batched with different partners).
-    np.testing.assert_array_equal(results[0]["rois"], results[3]["rois"])
-    np.testing.assert_allclose(results[0]["scores"], results[3]["scores"], rtol=1e-5)
+    # The same image gives the same detections in a batch of 2 and in a batch of 1.
+    assert len(results[0]["scores"]) > 0
+    assert len(results[0]["scores"]) == len(results[4]["scores"])
+    np.testing.assert_allclose(results[0]["rois"], results[4]["rois"], atol=1)
+    np.testing.assert_allclose(results[0]["scores"], results[4]["scores"], atol=1e-4)
 
 
 def test_detect_rejects_non_rgb_images(tiny_model):
