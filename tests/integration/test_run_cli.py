@@ -1,5 +1,6 @@
 """`python -m bookseg.run` end to end through the real CLI, checked through the MLflow client."""
 
+import ast
 import signal
 import time
 from pathlib import Path
@@ -59,8 +60,8 @@ def test_two_point_sweep_gives_one_parent_run_per_point(cli):
     parents, children = cli.runs("bookseg/sweep_test")
     assert len(parents) == 2 and len(children) == 4
     assert all(p.info.status == "FINISHED" for p in parents)
-    scales = sorted(p.data.params["anchors.scales"] for p in parents)
-    assert scales == ["[16, 32, 64, 128, 256]", "[32, 64, 128, 256, 512]"]
+    scales = sorted(ast.literal_eval(p.data.params["anchors.scales"]) for p in parents)
+    assert scales == [[16, 32, 64, 128, 256], [32, 64, 128, 256, 512]]
 
 
 def test_failed_sweep_point_is_recorded_and_the_sweep_goes_on(cli):
