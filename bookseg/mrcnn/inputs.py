@@ -19,9 +19,9 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
+from bookseg.data.images import load_image_rgb
 from bookseg.mrcnn import images as im
 from bookseg.mrcnn.anchors import pixel_anchors_for
 from bookseg.mrcnn.rpn_targets import build_rpn_targets
@@ -72,20 +72,6 @@ class PipelineStats:
 
     def summary(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.as_dict().items())
-
-
-def _load_rgb(path) -> np.ndarray:
-    """uint8 [H, W, 3] RGB via bookseg.data.images.load_image_rgb, or cv2 until that module exists."""
-    try:
-        from bookseg.data.images import load_image_rgb
-    except ModuleNotFoundError as err:
-        if err.name != "bookseg.data.images":
-            raise
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # applies EXIF orientation
-        if image is None:
-            raise FileNotFoundError(f"cannot read image {path}") from None
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return load_image_rgb(path)
 
 
 _WARNED: set = set()
@@ -205,7 +191,7 @@ def load_training_example(
     """
     rng = np.random.default_rng() if rng is None else rng
     stats = PipelineStats() if stats is None else stats
-    image = _load_rgb(record.path)
+    image = load_image_rgb(record.path)
     if image.shape[:2] != (record.height, record.width):
         raise ValueError(
             f"{record.where()}: file {record.path} is {image.shape[1]}x{image.shape[0]} (w x h) but the "
