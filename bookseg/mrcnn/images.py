@@ -38,13 +38,58 @@ def _resize_channels(array: np.ndarray, height: int, width: int, interpolation: 
     return out
 
 
+def resize_geometry(height: int, width: int, config) -> tuple[float, tuple[int, int, int, int], tuple[int, int]]:
+    """Where an (height, width) photo lands in the network input, without touching pixels.
+
+    The arithmetic of `resize_image` (which calls this): scale = max(1, image_min_dim / min(h, w))
+    (images are never shrunk to reach image_min_dim), raised to `image_min_scale` if that is larger;
+    in "square" mode capped so the long side fits `image_max_dim` and padded (centred) to
+    image_max_dim²; "pad64" pads each side to the next multiple of 64 (no cap, as matterport);
+    "none" keeps the image as it is.
+
+    Args:
+        height, width: photo size in pixels.
+        config: `MrcnnConfig` (image_resize_mode, image_min_dim, image_max_dim, image_min_scale).
+
+    Returns:
+        scale: float, output pixels per input pixel (a photo pixel coordinate p maps to p * scale
+            plus the window's top-left corner).
+        window: int tuple (y1, x1, y2, x2), where the photo sits in the output, y2/x2 exclusive.
+        out_shape: (H, W) of the network input.
+    """
+    mode = config.image_resize_mode
+    h, w = int(height), int(width)
+    if mode == "none":
+        return 1.0, (0, 0, h, w), (h, w)
+    if mode not in ("square", "pad64"):
+        raise ValueError(f"unknown image_resize_mode {mode!r}: use square, pad64 or none")
+
+    min_dim, max_dim = config.image_min_dim, config.image_max_dim
+    scale = 1.0
+    if min_dim:
+        scale = max(1.0, min_dim / min(h, w))
+    if config.image_min_scale and scale < config.image_min_scale:
+        scale = float(config.image_min_scale)
+    if mode == "square" and max_dim and round(max(h, w) * scale) > max_dim:
+        scale = max_dim / max(h, w)
+    if scale != 1.0:
+        h, w = round(h * scale), round(w * scale)
+
+    if mode == "square":
+        out_h = out_w = max_dim
+    else:
+        if min_dim % 64:
+            raise ValueError(f"image_min_dim={min_dim} must be divisible by 64 for pad64")
+        out_h, out_w = -(-h // 64) * 64, -(-w // 64) * 64
+    top, left = (out_h - h) // 2, (out_w - w) // 2
+    return scale, (top, left, top + h, left + w), (out_h, out_w)
+
+
 def resize_image(image: np.ndarray, config, *, training: bool = False):
     """Resize and pad an image for the network, as matterport's `utils.resize_image`.
 
-    Scale = max(1, image_min_dim / min(h, w)) (images are never shrunk to reach image_min_dim), then
-    raised to `image_min_scale` if that is larger. In "square" mode it is then capped so the long
-    side fits `image_max_dim`, and the result is padded (centred) to image_max_dim². "pad64" pads
-    each side to the next multiple of 64 (no cap, as matterport). "none" returns the image unchanged.
+    The scale, window and output size are `resize_geometry`'s (see there for the rules); the image
+    is resized bilinearly and zero-padded around the window.
 
     Args:
         image: [h, w, C] array (uint8 RGB usually); its dtype is kept.
@@ -58,39 +103,17 @@ def resize_image(image: np.ndarray, config, *, training: bool = False):
         padding: [(top, bottom), (left, right), (0, 0)] pixels of zero padding.
     """
     del training  # no training-only resize mode is supported (config.validate rejects "crop")
-    mode = config.image_resize_mode
     if image.ndim != 3:
         raise ValueError(f"resize_image expects an [h, w, C] image, got shape {image.shape}")
-    h, w = image.shape[:2]
-    if mode == "none":
-        return image, (0, 0, h, w), 1.0, [(0, 0), (0, 0), (0, 0)]
-    if mode not in ("square", "pad64"):
-        raise ValueError(f"unknown image_resize_mode {mode!r}: use square, pad64 or none")
-
-    min_dim, max_dim = config.image_min_dim, config.image_max_dim
-    scale = 1.0
-    if min_dim:
-        scale = max(1.0, min_dim / min(h, w))
-    if config.image_min_scale and scale < config.image_min_scale:
-        scale = float(config.image_min_scale)
-    if mode == "square" and max_dim and round(max(h, w) * scale) > max_dim:
-        scale = max_dim / max(h, w)
-
+    scale, window, (out_h, out_w) = resize_geometry(image.shape[0], image.shape[1], config)
+    if config.image_resize_mode == "none":
+        return image, window, scale, [(0, 0), (0, 0), (0, 0)]
+    top, left, bottom, right = window
     if scale != 1.0:
-        new_h, new_w = round(h * scale), round(w * scale)
-        image = _resize_channels(image, new_h, new_w, cv2.INTER_LINEAR)
-        h, w = new_h, new_w
-
-    if mode == "square":
-        out_h = out_w = max_dim
-    else:
-        if min_dim % 64:
-            raise ValueError(f"image_min_dim={min_dim} must be divisible by 64 for pad64")
-        out_h, out_w = -(-h // 64) * 64, -(-w // 64) * 64
-    top, left = (out_h - h) // 2, (out_w - w) // 2
-    padding = [(top, out_h - h - top), (left, out_w - w - left), (0, 0)]
+        image = _resize_channels(image, bottom - top, right - left, cv2.INTER_LINEAR)
+    padding = [(top, out_h - bottom), (left, out_w - right), (0, 0)]
     image = np.pad(image, padding, mode="constant", constant_values=0)
-    return image, (top, left, top + h, left + w), scale, padding
+    return image, window, scale, padding
 
 
 def resize_masks(masks: np.ndarray, scale: float, padding) -> np.ndarray:
