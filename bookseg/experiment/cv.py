@@ -47,6 +47,7 @@ def cross_validate(cfg: DictConfig, dataset, job_dir: Path, state: RunState) -> 
             metrics = run_fold(cfg, index, train, val, dataset.class_names, job_dir / f"fold{index}", progress)
         fold_state["metrics"] = metrics
         state.save()
+        print(f"fold {index}: " + "  ".join(f"{k}={v:.3f}" for k, v in metrics.items()), flush=True)
         results[index] = metrics
     return results
 
