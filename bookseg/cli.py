@@ -80,13 +80,19 @@ def _add_predict_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_anchors(args: argparse.Namespace) -> int:
+    import sys
+
     from bookseg.analysis.anchor_command import run_anchors
 
-    run_anchors(
-        args.data, model=args.model, anchors=args.anchors, scales=args.scales, ratios=args.ratios,
-        format=args.format, images_dir=args.images_dir, class_attribute=args.class_attribute,
-        group_regex=args.group_regex, suggest=not args.no_suggest, n_ratios=args.n_ratios,
-    )
+    try:
+        run_anchors(
+            args.data, model=args.model, anchors=args.anchors, scales=args.scales, ratios=args.ratios,
+            format=args.format, images_dir=args.images_dir, class_attribute=args.class_attribute,
+            group_regex=args.group_regex, suggest=not args.no_suggest, n_ratios=args.n_ratios,
+        )
+    except (ValueError, OSError) as error:  # bad data (DatasetError), bad anchors, missing file
+        print(f"bookseg anchors: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

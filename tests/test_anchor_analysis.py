@@ -239,3 +239,12 @@ def test_run_anchors_returns_the_analysis_with_custom_ratios(synthetic_cache, mo
     assert analysis.suggested is None and "Suggested" not in out.getvalue()
     assert analysis.num_anchors == [(32 * 32 + 16 * 16 + 8 * 8 + 4 * 4 + 2 * 2) * 2]
     assert 0 <= analysis.current.overall.iou70 <= analysis.current.overall.iou50 <= 1
+
+
+def test_anchors_command_reports_bad_input_without_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("BOOKSEG_CACHE", str(tmp_path / "cache"))
+    assert main(["anchors", str(tmp_path / "missing.json")]) == 2
+    assert "bookseg anchors: error:" in capsys.readouterr().err
+    assert main(["anchors", "synthetic", "--scales", "16", "32"]) == 2
+    assert "one scale per level" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()  # the config is checked before any data is generated

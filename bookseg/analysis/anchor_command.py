@@ -187,12 +187,13 @@ def run_anchors(
     from bookseg.data.folds import assign_groups
     from bookseg.data.readers import load_dataset
 
+    # Anchors do not depend on the classes: build (and validate) the config before reading any data.
+    config = model_config(model, anchors, scales, ratios)
     path = synthetic_path() if data == "synthetic" else Path(data).expanduser()
     dataset = load_dataset(path, format=format, images_dir=images_dir, class_attribute=class_attribute)
     if dataset.report and (dataset.report.warnings or dataset.report.notes):
         print(dataset.report.summary(), file=out)
     assign_groups(dataset.records, regex=group_regex)
-    config = model_config(model, anchors, scales, ratios, num_classes=len(dataset.class_names) + 1)
     source = f"synthetic shelves ({path})" if data == "synthetic" else str(path)
     analysis = analyze_anchors(dataset.records, config, source=source, suggest=suggest, n_ratios=n_ratios)
     custom = " with custom scales/ratios" if scales is not None or ratios is not None else ""
