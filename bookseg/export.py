@@ -68,7 +68,10 @@ class DetectorModule(tf.Module):
         """Detections of one uint8 [H, W, 3] RGB image; see the module docstring for the outputs."""
         molded, meta = self.mold(image)
         out = self.model.inference_outputs(
-            molded[tf.newaxis], meta[tf.newaxis], tf.constant(self._anchors), self.min_confidence,
+            molded[tf.newaxis],
+            meta[tf.newaxis],
+            tf.constant(self._anchors),
+            self.min_confidence,
             self.max_instances,
         )
         return self.unmold(out["detections"][0], out["mrcnn_mask"][0], tf.shape(image)[:2], meta)
@@ -102,18 +105,35 @@ class DetectorModule(tf.Module):
             # OpenCV's INTER_LINEAR on uint8: half-pixel centres, no antialiasing, rounded half up. OpenCV
             # uses 11-bit fixed-point weights, so pixels may differ by 1 except at exact 2x reductions.
             lambda: tf.clip_by_value(
-                tf.floor(tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_h, new_w]),
-                                         method="bilinear", antialias=False) + 0.5), 0.0, 255.0),
+                tf.floor(
+                    tf.image.resize(
+                        tf.cast(image, tf.float32),
+                        tf.stack([new_h, new_w]),
+                        method="bilinear",
+                        antialias=False,
+                    )
+                    + 0.5
+                ),
+                0.0,
+                255.0,
+            ),
         )
         top, left = (size - new_h) // 2, (size - new_w) // 2
         # As resize_image then mold_image: pad with 0, subtract the mean after (padding = -mean_pixel).
         padded = tf.pad(resized, [[top, size - new_h - top], [left, size - new_w - left], [0, 0]])
         molded = tf.ensure_shape(padded - tf.constant(config.mean_pixel, tf.float32), [size, size, 3])
         window = tf.cast(tf.stack([top, left, top + new_h, left + new_w]), tf.float32)
-        meta = tf.concat([
-            tf.zeros([1]), tf.cast(tf.shape(image), tf.float32), tf.constant([size, size, 3], tf.float32),
-            window, tf.cast(scale, tf.float32)[tf.newaxis], tf.ones([config.num_classes]),
-        ], axis=0)
+        meta = tf.concat(
+            [
+                tf.zeros([1]),
+                tf.cast(tf.shape(image), tf.float32),
+                tf.constant([size, size, 3], tf.float32),
+                window,
+                tf.cast(scale, tf.float32)[tf.newaxis],
+                tf.ones([config.num_classes]),
+            ],
+            axis=0,
+        )
         return molded, meta
 
     def unmold(self, detections, masks, image_hw, meta):
@@ -148,22 +168,26 @@ class DetectorModule(tf.Module):
         class_ids = tf.boolean_mask(class_ids, keep)
         scores = tf.boolean_mask(detections[:, 5], keep)
         # [M, 28, 28, C] -> each kept detection's own class channel [n, 28, 28].
-        class_masks = tf.gather(tf.transpose(tf.boolean_mask(masks, keep), [0, 3, 1, 2]), class_ids,
-                                batch_dims=1)
+        class_masks = tf.gather(
+            tf.transpose(tf.boolean_mask(masks, keep), [0, 3, 1, 2]), class_ids, batch_dims=1
+        )
         height, width = image_hw[0], image_hw[1]
 
         def paste(args):
             box, mask = args
             y1, x1, y2, x2 = box[0], box[1], box[2], box[3]
-            resized = tf.image.resize(mask[..., tf.newaxis], tf.stack([y2 - y1, x2 - x1]), method="bilinear",
-                                      antialias=False)[..., 0]
+            resized = tf.image.resize(
+                mask[..., tf.newaxis], tf.stack([y2 - y1, x2 - x1]), method="bilinear", antialias=False
+            )[..., 0]
             inside = tf.cast(resized >= MASK_THRESHOLD, tf.uint8)
             return tf.pad(inside, [[y1, height - y2], [x1, width - x2]])
 
         n = tf.shape(boxes)[0]
         full = tf.cond(
             n > 0,
-            lambda: tf.map_fn(paste, (boxes, class_masks), fn_output_signature=tf.TensorSpec([None, None], tf.uint8)),
+            lambda: tf.map_fn(
+                paste, (boxes, class_masks), fn_output_signature=tf.TensorSpec([None, None], tf.uint8)
+            ),
             lambda: tf.zeros(tf.stack([0, height, width]), tf.uint8),
         )
         return {
@@ -206,7 +230,9 @@ def export_saved_model(
             raise FileExistsError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
         shutil.rmtree(out_dir)
     module = DetectorModule(model, min_confidence=min_confidence, max_instances=max_instances)
-    tf.saved_model.save(module, str(out_dir), signatures={"serving_default": module.detect.get_concrete_function()})
+    tf.saved_model.save(
+        module, str(out_dir), signatures={"serving_default": module.detect.get_concrete_function()}
+    )
     metadata = {
         "class_names": list(class_names),
         "min_confidence": module.min_confidence,
@@ -233,8 +259,14 @@ def run_export_command(args: argparse.Namespace) -> int:
         trained = load_trained(args)
         print(f"model: {trained.source}; classes {trained.class_names}", flush=True)
         out = export_saved_model(
-            trained.model, args.out, class_names=trained.class_names, min_confidence=args.min_confidence,
-            max_instances=args.max_instances, source=trained.source, cfg=trained.cfg, overwrite=args.overwrite,
+            trained.model,
+            args.out,
+            class_names=trained.class_names,
+            min_confidence=args.min_confidence,
+            max_instances=args.max_instances,
+            source=trained.source,
+            cfg=trained.cfg,
+            overwrite=args.overwrite,
         )
     except (ModelSourceError, FileExistsError, FileNotFoundError, ValueError) as error:
         print(f"bookseg export: error: {error}", file=sys.stderr)

@@ -73,7 +73,9 @@ class PredictSummary:
         if self.empty_masks_dropped:
             lines.append(f"  {self.empty_masks_dropped} detection(s) with an empty mask left out")
         if self.multipart_masks:
-            lines.append(f"  {self.multipart_masks} mask(s) in several parts: VIA outlines their largest part")
+            lines.append(
+                f"  {self.multipart_masks} mask(s) in several parts: VIA outlines their largest part"
+            )
         if self.skipped:
             lines.append(f"  {len(self.skipped)} image(s) could not be read and were skipped:")
             lines += [f"    {path}: {reason}" for path, reason in self.skipped]
@@ -94,8 +96,11 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
         if path.is_dir():
             for root, dirs, files in os.walk(path):
                 dirs[:] = [d for d in dirs if not d.startswith(".")]
-                found.update(Path(root, f).resolve() for f in files
-                             if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS))
+                found.update(
+                    Path(root, f).resolve()
+                    for f in files
+                    if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
+                )
         elif path.is_file():
             if not path.name.lower().endswith(IMAGE_EXTENSIONS):
                 raise ValueError(f"{path}: not an image file (extensions: {', '.join(IMAGE_EXTENSIONS)})")
@@ -197,8 +202,9 @@ def predict_paths(
 
 
 def _run_chunk(model, chunk, writer: PredictionWriter, min_confidence, max_instances, bar) -> None:
-    results = model.detect([image for _, _, image in chunk], min_confidence=min_confidence,
-                           max_instances=max_instances)
+    results = model.detect(
+        [image for _, _, image in chunk], min_confidence=min_confidence, max_instances=max_instances
+    )
     for (index, path, image), result in zip(chunk, results):
         writer.add(index, path, image, result)
         bar.update(1)
@@ -213,7 +219,9 @@ def load_trained(args: argparse.Namespace):
     if args.run:
         if args.config:
             raise ValueError("--config goes with --weights; a run brings its own config")
-        return load_from_run(args.run, fold=args.fold, tracking_uri=args.tracking_uri, class_names=class_names)
+        return load_from_run(
+            args.run, fold=args.fold, tracking_uri=args.tracking_uri, class_names=class_names
+        )
     if args.fold is not None:
         raise ValueError("--fold goes with --run")
     return load_from_weights(args.weights, config_path=args.config, class_names=class_names)
@@ -227,8 +235,14 @@ def run_predict_command(args: argparse.Namespace) -> int:
         trained = load_trained(args)
         print(f"model: {trained.source}; classes {trained.class_names}", flush=True)
         summary = predict_paths(
-            trained.model, trained.class_names, args.paths, args.out, min_confidence=args.min_confidence,
-            max_instances=args.max_instances, batch_size=args.batch_size, overwrite=args.overwrite,
+            trained.model,
+            trained.class_names,
+            args.paths,
+            args.out,
+            min_confidence=args.min_confidence,
+            max_instances=args.max_instances,
+            batch_size=args.batch_size,
+            overwrite=args.overwrite,
             progress=not args.no_progress,
         )
     except (ModelSourceError, FileExistsError, FileNotFoundError, ValueError) as error:
@@ -241,29 +255,52 @@ def run_predict_command(args: argparse.Namespace) -> int:
 def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
     """--run / --weights (one required), --config, --fold, --tracking-uri, --class-names."""
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", metavar="RUN_ID",
-                        help="MLflow run id: an experiment job (parent run) or one of its fold runs")
+    source.add_argument(
+        "--run",
+        metavar="RUN_ID",
+        help="MLflow run id: an experiment job (parent run) or one of its fold runs",
+    )
     source.add_argument("--weights", metavar="FILE", help="weights file (.weights.h5 as the runner logs it)")
-    parser.add_argument("--config", metavar="CONFIG_YAML",
-                        help="with --weights: the config.yaml the run logged (default: the cpu model)")
-    parser.add_argument("--fold", type=int, metavar="K",
-                        help="with a parent --run: fold whose weights to use (default: best mask_ap50)")
-    parser.add_argument("--tracking-uri", metavar="URI",
-                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    parser.add_argument("--class-names", metavar="A,B",
-                        help="comma-separated class names (default: from the run / config)")
+    parser.add_argument(
+        "--config",
+        metavar="CONFIG_YAML",
+        help="with --weights: the config.yaml the run logged (default: the cpu model)",
+    )
+    parser.add_argument(
+        "--fold",
+        type=int,
+        metavar="K",
+        help="with a parent --run: fold whose weights to use (default: best mask_ap50)",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+    parser.add_argument(
+        "--class-names", metavar="A,B", help="comma-separated class names (default: from the run / config)"
+    )
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `bookseg predict`."""
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders (searched recursively)")
+    parser.add_argument(
+        "paths", nargs="+", metavar="PATH", help="image files and folders (searched recursively)"
+    )
     add_model_source_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--min-confidence", type=float, default=0.5, metavar="P",
-                        help="minimum detection score (default 0.5)")
-    parser.add_argument("--max-instances", type=int, metavar="N",
-                        help="maximum books per image (default: the model's detection_max_instances)")
-    parser.add_argument("--batch-size", type=int, metavar="N", help="images per detect call (default: model's)")
+    parser.add_argument(
+        "--min-confidence", type=float, default=0.5, metavar="P", help="minimum detection score (default 0.5)"
+    )
+    parser.add_argument(
+        "--max-instances",
+        type=int,
+        metavar="N",
+        help="maximum books per image (default: the model's detection_max_instances)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, metavar="N", help="images per detect call (default: model's)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -272,8 +309,19 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `bookseg export` (here, not in bookseg.export, so building the parser needs no TensorFlow)."""
     add_model_source_arguments(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="SavedModel folder")
-    parser.add_argument("--min-confidence", type=float, default=0.5, metavar="P",
-                        help="minimum detection score baked into the model (default 0.5)")
-    parser.add_argument("--max-instances", type=int, metavar="N",
-                        help="maximum detections (default: the model's detection_max_instances)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
+    parser.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.5,
+        metavar="P",
+        help="minimum detection score baked into the model (default 0.5)",
+    )
+    parser.add_argument(
+        "--max-instances",
+        type=int,
+        metavar="N",
+        help="maximum detections (default: the model's detection_max_instances)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing, non-empty --out folder"
+    )

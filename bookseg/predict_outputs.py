@@ -101,10 +101,11 @@ class PredictionWriter:
         self._via_scores: dict[str, list[dict]] = {}
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._results_tmp = self.out_dir / f".{COCO_RESULTS}.tmp{os.getpid()}"
-        self._results = open(self._results_tmp, "w", encoding="utf-8")
+        # Both streams stay open across `add` calls and are closed by `close` / `abort`.
+        self._results = open(self._results_tmp, "w", encoding="utf-8")  # noqa: SIM115
         self._results.write("[")
         self._first_result = True
-        self._counts = open(self.out_dir / COUNTS_CSV, "w", newline="", encoding="utf-8")
+        self._counts = open(self.out_dir / COUNTS_CSV, "w", newline="", encoding="utf-8")  # noqa: SIM115
         self._counts_csv = csv.writer(self._counts)
         self._counts_csv.writerow(["file", "width", "height", "books"])
 
@@ -125,7 +126,9 @@ class PredictionWriter:
         height, width = image.shape[:2]
         masks = result["masks"]
         if masks.shape[:2] != (height, width):
-            raise ValueError(f"{path}: prediction masks are {masks.shape[:2]}, the image is {(height, width)}")
+            raise ValueError(
+                f"{path}: prediction masks are {masks.shape[:2]}, the image is {(height, width)}"
+            )
         keep = np.flatnonzero(masks.reshape(-1, masks.shape[-1]).any(axis=0)) if masks.shape[-1] else []
         self.stats.empty_masks_dropped += masks.shape[-1] - len(keep)
         rois = np.asarray(result["rois"])[keep]
@@ -141,12 +144,18 @@ class PredictionWriter:
 
         image_id = index + 1
         for k in range(len(scores)):  # one instance at a time: never a second full copy of all masks
-            one = {"rois": rois[k : k + 1], "class_ids": class_ids[k : k + 1], "scores": scores[k : k + 1],
-                   "masks": masks[..., k : k + 1]}
+            one = {
+                "rois": rois[k : k + 1],
+                "class_ids": class_ids[k : k + 1],
+                "scores": scores[k : k + 1],
+                "masks": masks[..., k : k + 1],
+            }
             for entry in predictions_to_coco([image_id], [one]):
                 self._results.write(("" if self._first_result else ",") + json.dumps(entry))
                 self._first_result = False
-        self._coco_images.append({"id": image_id, "file_name": file, "width": int(width), "height": int(height)})
+        self._coco_images.append(
+            {"id": image_id, "file_name": file, "width": int(width), "height": int(height)}
+        )
 
         self._via_records.append(self._via_record(file, path, width, height, rois, class_ids, masks))
         self._via_scores[file] = [{SCORE_ATTRIBUTE: f"{float(s):.4f}"} for s in scores]
@@ -170,10 +179,19 @@ class PredictionWriter:
             else:
                 polygon = polygon + np.array([x1, y1], np.float64)
             self.stats.multipart_masks += parts > 1
-            instances.append(Instance(self.class_names[int(class_ids[k]) - 1], polygon=polygon,
-                                      region=f"detection {k + 1}"))
-        return ImageRecord(image_id=file, path=Path(path).resolve(), width=int(width), height=int(height),
-                           instances=instances, source="bookseg predict")
+            instances.append(
+                Instance(
+                    self.class_names[int(class_ids[k]) - 1], polygon=polygon, region=f"detection {k + 1}"
+                )
+            )
+        return ImageRecord(
+            image_id=file,
+            path=Path(path).resolve(),
+            width=int(width),
+            height=int(height),
+            instances=instances,
+            source="bookseg predict",
+        )
 
     def close(self) -> None:
         """Finish the COCO results and write images.json and the VIA project."""
@@ -187,13 +205,21 @@ class PredictionWriter:
         categories = [{"id": k + 1, "name": name} for k, name in enumerate(self.class_names)]
         write_json(
             self.out_dir / COCO_IMAGES,
-            {"info": {"description": "images of bookseg predict; results in " + COCO_RESULTS},
-             "images": self._coco_images, "annotations": [], "categories": categories},
+            {
+                "info": {"description": "images of bookseg predict; results in " + COCO_RESULTS},
+                "images": self._coco_images,
+                "annotations": [],
+                "categories": categories,
+            },
             overwrite=self.overwrite,
         )
         write_via2_project(
-            self._via_records, self.out_dir / VIA_PROJECT, class_attribute=CLASS_ATTRIBUTE,
-            project_name="bookseg_predictions", region_attributes=self._via_scores, overwrite=self.overwrite,
+            self._via_records,
+            self.out_dir / VIA_PROJECT,
+            class_attribute=CLASS_ATTRIBUTE,
+            project_name="bookseg_predictions",
+            region_attributes=self._via_scores,
+            overwrite=self.overwrite,
         )
 
     def abort(self) -> None:

@@ -120,7 +120,9 @@ def class_names_from_config(cfg: DictConfig) -> list[str]:
     return list(dataset.class_names)
 
 
-def build_model(cfg: DictConfig, class_names: list[str], weights: str | os.PathLike, source: str) -> TrainedModel:
+def build_model(
+    cfg: DictConfig, class_names: list[str], weights: str | os.PathLike, source: str
+) -> TrainedModel:
     """A `MaskRCNN` for `cfg` with `len(class_names) + 1` classes and the weights of `weights`.
 
     `*.weights.h5` files are Keras 3 weights of the whole model (what the runner logs and checkpoints);
@@ -145,7 +147,9 @@ def build_model(cfg: DictConfig, class_names: list[str], weights: str | os.PathL
             load_checkpoint(model, weights)
         else:
             report = load_weights(model, weights)
-            unusable = report.missing + [f"{k} ({v})" for k, v in report.reasons.items() if "class count" in v]
+            unusable = report.missing + [
+                f"{k} ({v})" for k, v in report.reasons.items() if "class count" in v
+            ]
             if unusable:
                 raise ModelSourceError(
                     f"{weights}: does not hold trained weights for every layer of this model "
@@ -227,13 +231,16 @@ def _fold_of(child) -> int:
     try:
         return int(child.data.tags["fold"])
     except (KeyError, ValueError) as error:
-        raise ModelSourceError(f"run {child.info.run_id} has no integer 'fold' tag: not a bookseg fold run") from error
+        raise ModelSourceError(
+            f"run {child.info.run_id} has no integer 'fold' tag: not a bookseg fold run"
+        ) from error
 
 
 def _choose_fold(client, parent, fold: int | None):
     """The child run of `fold`, or the finished child with the highest mask_ap50 (NaN last, lowest fold on ties)."""
     children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
         max_results=1000,
     )
     folds = {}
@@ -256,14 +263,17 @@ def _choose_fold(client, parent, fold: int | None):
 
 
 def _weights_artifact(client, child) -> str:
-    names = [a.path for a in client.list_artifacts(child.info.run_id, WEIGHTS_ARTIFACT_DIR)
-             if a.path.endswith(".weights.h5")]
+    names = [
+        a.path
+        for a in client.list_artifacts(child.info.run_id, WEIGHTS_ARTIFACT_DIR)
+        if a.path.endswith(".weights.h5")
+    ]
     if not names:
         raise ModelSourceError(
             f"fold run {child.info.run_id} has no {WEIGHTS_ARTIFACT_DIR}/*.weights.h5 artifact "
             "(was it trained with tracking.log_weights=false, or did it fail?)"
         )
-    return sorted(names)[-1]
+    return max(names)
 
 
 def _download(uri: str, run_id: str, artifact: str, dst: Path) -> Path:
@@ -273,9 +283,11 @@ def _download(uri: str, run_id: str, artifact: str, dst: Path) -> Path:
     target = dst / run_id
     target.mkdir(parents=True, exist_ok=True)
     try:
-        return Path(mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=artifact, dst_path=str(target), tracking_uri=uri
-        ))
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=artifact, dst_path=str(target), tracking_uri=uri
+            )
+        )
     except (MlflowException, OSError) as error:
         raise ModelSourceError(f"run {run_id}: cannot download artifact {artifact!r}: {error}") from error
 

@@ -68,8 +68,14 @@ class OracleModel:
             if max_instances is not None:
                 keep &= np.arange(len(scores)) < max_instances
             masks = masks[..., keep]
-            results.append({"rois": boxes_from_masks(masks), "class_ids": np.ones(masks.shape[-1], np.int32),
-                            "scores": scores[keep], "masks": masks})
+            results.append(
+                {
+                    "rois": boxes_from_masks(masks),
+                    "class_ids": np.ones(masks.shape[-1], np.int32),
+                    "scores": scores[keep],
+                    "masks": masks,
+                }
+            )
         return results
 
 
@@ -120,7 +126,12 @@ def test_find_images_recurses_sorts_and_skips_non_images(shelves, tmp_path):
 
 
 def test_overlay_names_keep_folders_and_separate_same_stems():
-    assert overlay_names(["a.png", "sub/b.jpg", "x.png", "x.jpg"]) == ["a.jpg", "sub/b.jpg", "x.png.jpg", "x.jpg.jpg"]
+    assert overlay_names(["a.png", "sub/b.jpg", "x.png", "x.jpg"]) == [
+        "a.jpg",
+        "sub/b.jpg",
+        "x.png.jpg",
+        "x.jpg.jpg",
+    ]
 
 
 # --------------------------------------------------------------------------------- outputs (oracle model)
@@ -129,9 +140,13 @@ def test_counts_csv_has_one_row_per_image_with_the_known_books(shelves, oracle_r
     out, summary = oracle_run
     with open(out / "counts.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    expected = [(name, r.width, r.height, len(r.instances))
-                for name, r in zip(["a_shelf.png", "sub/b_shelf.png", "sub/c_shelf.PNG"], records)]
-    assert [(row["file"], int(row["width"]), int(row["height"]), int(row["books"])) for row in rows] == expected
+    expected = [
+        (name, r.width, r.height, len(r.instances))
+        for name, r in zip(["a_shelf.png", "sub/b_shelf.png", "sub/c_shelf.PNG"], records)
+    ]
+    assert [
+        (row["file"], int(row["width"]), int(row["height"]), int(row["books"])) for row in rows
+    ] == expected
     assert summary.images == expected
     assert summary.n_books == sum(len(r.instances) for r in records) > 0
     assert summary.skipped == [] and summary.empty_masks_dropped == 0
@@ -159,7 +174,10 @@ def test_coco_results_load_against_ground_truth_and_score_perfectly(shelves, ora
         loaded = skeleton.loadRes(str(out / "predictions_coco.json"))
     assert stats == {"segm": pytest.approx(1.0), "bbox": pytest.approx(1.0)}
     assert [img["file_name"] for img in skeleton.dataset["images"]] == [
-        "a_shelf.png", "sub/b_shelf.png", "sub/c_shelf.PNG"]
+        "a_shelf.png",
+        "sub/b_shelf.png",
+        "sub/c_shelf.PNG",
+    ]
     assert len(loaded.getAnnIds()) == summary.n_books
 
 
@@ -168,7 +186,7 @@ def test_via_project_round_trips_through_the_reader(shelves, oracle_run):
     out, summary = oracle_run
     # The reader looks for images next to the JSON (it ignores VIA's default_filepath): name their folder.
     dataset = load_dataset(out / "via_project.json", class_attribute="name", images_dir=photos)
-    assert dataset.class_names == ["book"]
+    assert dataset.class_names == ["book"] and dataset.num_instances == summary.n_books
     assert [Path(r.path) for r in dataset.records] == [Path(r.path).resolve() for r in records]
     ious = []
     for read, truth in zip(dataset.records, records):
@@ -201,11 +219,19 @@ def test_existing_outputs_are_not_overwritten(shelves, oracle, oracle_run):
     with pytest.raises(FileExistsError, match="--overwrite"):
         predict_paths(oracle, ["book"], [photos], out, progress=False)
     assert (out / "counts.csv").stat().st_mtime_ns == before and len(oracle.calls) == calls
-    again = predict_paths(oracle, ["book"], [photos / "sub"], out / "again", min_confidence=0.975,
-                          progress=False)
+    again = predict_paths(
+        oracle, ["book"], [photos / "sub"], out / "again", min_confidence=0.975, progress=False
+    )
     assert [row[3] for row in again.images] == [2, 2]  # only scores 0.99 and 0.98 pass
-    replaced = predict_paths(oracle, ["book"], [photos / "sub"], out / "again", overwrite=True,
-                             min_confidence=0.965, progress=False)
+    replaced = predict_paths(
+        oracle,
+        ["book"],
+        [photos / "sub"],
+        out / "again",
+        overwrite=True,
+        min_confidence=0.965,
+        progress=False,
+    )
     assert [row[3] for row in replaced.images] == [3, 3]
     with open(out / "again" / "counts.csv", newline="") as f:
         assert [int(row["books"]) for row in csv.DictReader(f)] == [3, 3]
@@ -228,11 +254,18 @@ def test_large_photo_is_processed_alone_at_full_size(shelves, tmp_path):
     _, records = shelves
     record = records[0]
     big = cv2.resize(load_image_rgb(record.path), (4000, 3000), interpolation=cv2.INTER_NEAREST)
-    masks = np.stack([cv2.resize(m.astype(np.uint8), (4000, 3000), interpolation=cv2.INTER_NEAREST)
-                      for m in np.moveaxis(record.masks(), -1, 0)], axis=-1).astype(bool)
+    masks = np.stack(
+        [
+            cv2.resize(m.astype(np.uint8), (4000, 3000), interpolation=cv2.INTER_NEAREST)
+            for m in np.moveaxis(record.masks(), -1, 0)
+        ],
+        axis=-1,
+    ).astype(bool)
     small = load_image_rgb(records[1].path)
     model = OracleModel({_key(big): masks, _key(small): records[1].masks()}, images_per_batch=4)
-    cv2.imwrite(str(tmp_path / "0_big.png"), cv2.cvtColor(big, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    cv2.imwrite(
+        str(tmp_path / "0_big.png"), cv2.cvtColor(big, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    )
     shutil.copy(records[1].path, tmp_path / "1_small.png")
     summary = predict_paths(model, ["book"], [tmp_path], tmp_path / "out", max_instances=3, progress=False)
     assert big.shape[0] * big.shape[1] + small.shape[0] * small.shape[1] > CHUNK_PIXELS
@@ -253,18 +286,31 @@ def untrained_model():
     from bookseg.mrcnn.model import MaskRCNN
 
     keras.utils.set_random_seed(0)
-    return MaskRCNN(MrcnnConfig(
-        backbone="tiny", tiny_channels=(8, 16, 32, 64), num_classes=2, image_min_dim=128, image_max_dim=128,
-        top_down_pyramid_size=32, fpn_classif_fc_layers_size=64, rpn_conv_channels=32, mask_head_channels=16,
-        rpn_anchor_scales=(8, 16, 32, 64, 128), pre_nms_limit=1000, post_nms_rois_inference=100,
-        detection_max_instances=12, images_per_batch=2,
-    ))
+    return MaskRCNN(
+        MrcnnConfig(
+            backbone="tiny",
+            tiny_channels=(8, 16, 32, 64),
+            num_classes=2,
+            image_min_dim=128,
+            image_max_dim=128,
+            top_down_pyramid_size=32,
+            fpn_classif_fc_layers_size=64,
+            rpn_conv_channels=32,
+            mask_head_channels=16,
+            rpn_anchor_scales=(8, 16, 32, 64, 128),
+            pre_nms_limit=1000,
+            post_nms_rois_inference=100,
+            detection_max_instances=12,
+            images_per_batch=2,
+        )
+    )
 
 
 def test_real_model_outputs_agree_with_detect(shelves, untrained_model, tmp_path):
     photos, records = shelves
-    summary = predict_paths(untrained_model, ["book"], [photos], tmp_path / "out", min_confidence=0.0,
-                            progress=False)
+    summary = predict_paths(
+        untrained_model, ["book"], [photos], tmp_path / "out", min_confidence=0.0, progress=False
+    )
     detections = untrained_model.detect([load_image_rgb(r.path) for r in records], min_confidence=0.0)
     non_empty = [int(d["masks"].any(axis=(0, 1)).sum()) for d in detections]
     assert [row[3] for row in summary.images] == non_empty and sum(non_empty) > 0
@@ -272,7 +318,9 @@ def test_real_model_outputs_agree_with_detect(shelves, untrained_model, tmp_path
     results = json.loads((tmp_path / "out" / "predictions_coco.json").read_text())
     assert len(results) == sum(non_empty)
     with contextlib.redirect_stdout(io.StringIO()):
-        loaded = COCO(str(tmp_path / "out" / "images.json")).loadRes(str(tmp_path / "out" / "predictions_coco.json"))
+        loaded = COCO(str(tmp_path / "out" / "images.json")).loadRes(
+            str(tmp_path / "out" / "predictions_coco.json")
+        )
     decoded = _decode(loaded.loadAnns(loaded.getAnnIds(imgIds=[1]))[0]["segmentation"])
     first = detections[0]["masks"][..., detections[0]["masks"].any(axis=(0, 1))][..., 0]
     assert np.array_equal(decoded, first)
@@ -288,9 +336,18 @@ def smoke_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("smoke")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, BOOKSEG_CACHE=str(root / "cache"), TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-m", "bookseg.run", "+experiment=smoke"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ, MLFLOW_TRACKING_URI=uri, BOOKSEG_CACHE=str(root / "cache"), TF_CPP_MIN_LOG_LEVEL="2"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "bookseg.run", "+experiment=smoke"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("bookseg/default").experiment_id])
@@ -301,7 +358,7 @@ def smoke_run(tmp_path_factory):
 
 
 def _first_kernel(model) -> np.ndarray:
-    return np.asarray(model.backbone_fpn.get_layer("conv1").kernel)
+    return np.asarray(model.backbone_fpn.get_layer("tiny_c1_conv1").kernel)
 
 
 def test_parent_run_resolves_to_the_best_fold_and_its_config(smoke_run):
@@ -337,9 +394,23 @@ def test_cli_predict_with_a_run_and_with_a_weights_file(smoke_run, tmp_path, cap
     from bookseg.cli import main
 
     parent = smoke_run.parent.info.run_id
-    code = main(["predict", str(smoke_run.images[0].parent), "--run", parent, "--fold", "1", "--out",
-                 str(tmp_path / "by_run"), "--tracking-uri", smoke_run.uri, "--min-confidence", "0",
-                 "--no-progress"])
+    code = main(
+        [
+            "predict",
+            str(smoke_run.images[0].parent),
+            "--run",
+            parent,
+            "--fold",
+            "1",
+            "--out",
+            str(tmp_path / "by_run"),
+            "--tracking-uri",
+            smoke_run.uri,
+            "--min-confidence",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert f"MLflow run {parent} fold 1 " in printed
@@ -348,17 +419,46 @@ def test_cli_predict_with_a_run_and_with_a_weights_file(smoke_run, tmp_path, cap
     assert [row["file"] for row in rows] == [p.name for p in smoke_run.images]
 
     child = smoke_run.children[1].info.run_id
-    weights = mlflow.artifacts.download_artifacts(run_id=child, artifact_path="weights/mask_rcnn_fold1.weights.h5",
-                                                  dst_path=str(tmp_path), tracking_uri=smoke_run.uri)
-    config = mlflow.artifacts.download_artifacts(run_id=parent, artifact_path="config.yaml",
-                                                 dst_path=str(tmp_path), tracking_uri=smoke_run.uri)
-    code = main(["predict", str(smoke_run.images[0]), "--weights", weights, "--config", config, "--out",
-                 str(tmp_path / "by_weights"), "--min-confidence", "0", "--no-progress"])
+    weights = mlflow.artifacts.download_artifacts(
+        run_id=child,
+        artifact_path="weights/mask_rcnn_fold1.weights.h5",
+        dst_path=str(tmp_path),
+        tracking_uri=smoke_run.uri,
+    )
+    config = mlflow.artifacts.download_artifacts(
+        run_id=parent, artifact_path="config.yaml", dst_path=str(tmp_path), tracking_uri=smoke_run.uri
+    )
+    code = main(
+        [
+            "predict",
+            str(smoke_run.images[0]),
+            "--weights",
+            weights,
+            "--config",
+            config,
+            "--out",
+            str(tmp_path / "by_weights"),
+            "--min-confidence",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     by_weights = (tmp_path / "by_weights" / "predictions_coco.json").read_text()
     by_run = json.loads((tmp_path / "by_run" / "predictions_coco.json").read_text())
     assert json.loads(by_weights) == [r for r in by_run if r["image_id"] == 1]
 
-    code = main(["predict", str(smoke_run.images[0]), "--run", parent, "--out", str(tmp_path / "by_run"),
-                 "--tracking-uri", smoke_run.uri, "--no-progress"])
+    code = main(
+        [
+            "predict",
+            str(smoke_run.images[0]),
+            "--run",
+            parent,
+            "--out",
+            str(tmp_path / "by_run"),
+            "--tracking-uri",
+            smoke_run.uri,
+            "--no-progress",
+        ]
+    )
     assert code == 2 and "--overwrite" in capsys.readouterr().err
