@@ -50,9 +50,11 @@ class PredictSummary:
         skipped: (path, reason) of inputs that could not be read (left out of every output).
         empty_masks_dropped: detections left out because their mask has no pixel.
         multipart_masks: masks with several parts (VIA holds the outline of the largest part only).
+        images_root: common folder of the inputs; file names are relative to it (VIA's images folder).
     """
 
     out_dir: Path
+    images_root: Path | None = None
     images: list[tuple[str, int, int, int]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     empty_masks_dropped: int = 0
@@ -79,6 +81,12 @@ class PredictSummary:
         if self.skipped:
             lines.append(f"  {len(self.skipped)} image(s) could not be read and were skipped:")
             lines += [f"    {path}: {reason}" for path, reason in self.skipped]
+        if self.images_root is not None:
+            lines.append(
+                f"Correct the outlines in VIA ({VIA_PROJECT}), save the project, then train on it:\n"
+                f"  python -m bookseg.run data=via data.path={self.out_dir / VIA_PROJECT} "
+                f"data.images_dir={self.images_root}"
+            )
         return "\n".join(lines)
 
 
@@ -112,9 +120,14 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return sorted(found)
 
 
+def common_folder(images: Sequence[Path]) -> Path:
+    """The deepest folder holding all `images` (absolute paths)."""
+    return Path(os.path.commonpath([p.parent for p in images]))
+
+
 def relative_names(images: Sequence[Path]) -> list[str]:
-    """Posix path of each image relative to the common folder of all of them."""
-    root = Path(os.path.commonpath([p.parent for p in images]))
+    """Posix path of each image relative to `common_folder(images)`."""
+    root = common_folder(images)
     return [p.relative_to(root).as_posix() for p in images]
 
 
@@ -165,7 +178,7 @@ def predict_paths(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
-    summary = PredictSummary(out_dir=out_dir)
+    summary = PredictSummary(out_dir=out_dir, images_root=common_folder(images))
     writer = PredictionWriter(out_dir, class_names, files, overwrite=overwrite)
     bar = tqdm(total=len(images), unit="image", desc="predict", disable=not progress, file=sys.stderr)
     try:

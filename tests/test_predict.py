@@ -150,6 +150,7 @@ def test_counts_csv_has_one_row_per_image_with_the_known_books(shelves, oracle_r
     assert summary.images == expected
     assert summary.n_books == sum(len(r.instances) for r in records) > 0
     assert summary.skipped == [] and summary.empty_masks_dropped == 0
+    assert f"data.images_dir={shelves[0]}" in summary.text()
 
 
 def test_coco_results_load_against_ground_truth_and_score_perfectly(shelves, oracle_run):
