@@ -62,6 +62,7 @@ def run(cfg: DictConfig, opened: dict) -> float:
                          data_fingerprint=data_print, key=key) as parent:
         opened["run_id"] = parent.info.run_id
         log_config(cfg, job_dir)
+        mlflow.log_dict({"class_names": dataset.class_names}, "class_names.json")  # for `bookseg predict`
         results = cross_validate(cfg, dataset, job_dir, state)
         summary = aggregate(results)
         mlflow.log_metrics(summary)
