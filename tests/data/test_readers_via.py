@@ -295,3 +295,21 @@ def test_via3_remote_and_absolute_files_are_errors(tmp_path):
         ("bad_region", "one.jpg", "region 1_g"),
         ("unsafe_path", "three.jpg", ""),
     ]
+
+
+def test_via2_project_finds_images_through_default_filepath(tmp_path):
+    """A project saved away from its photos (as `bookseg predict` writes it) loads without images_dir."""
+    import cv2
+
+    from bookseg.data.records import ImageRecord, Instance
+    from bookseg.data.via_writer import write_via2_project
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "a.png"), np.zeros((20, 30, 3), np.uint8))
+    square = np.array([[2, 2], [12, 2], [12, 12], [2, 12]], float)
+    record = ImageRecord("a.png", photos / "a.png", 30, 20, [Instance("book", polygon=square)])
+    project = write_via2_project([record], tmp_path / "out" / "via_project.json")
+    dataset = load_dataset(project)
+    assert [r.path for r in dataset.records] == [(photos / "a.png").resolve()]
+    assert dataset.num_instances == 1

@@ -120,11 +120,21 @@ def _check_format(requested: str, detected: str | None, source: Path) -> str:
     return detected
 
 
-def _base_dirs(annotation: Path, images_dir) -> list[Path]:
+def _base_dirs(annotation: Path, images_dir, data=None) -> list[Path]:
+    """Folders image names are looked up in: `images_dir`, else the JSON's folder, its `images/`, and
+    a VIA 2 project's `default_filepath` (absolute or relative to the JSON; `bookseg predict` writes
+    projects whose photos live elsewhere)."""
     if images_dir is not None:
         return [Path(images_dir).expanduser().resolve()]
     folder = annotation.parent.resolve()
-    return [folder, folder / "images"]
+    dirs = [folder, folder / "images"]
+    settings = data.get("_via_settings") if isinstance(data, dict) else None
+    default = ((settings or {}).get("core") or {}).get("default_filepath") or ""
+    if isinstance(default, str) and default.strip() and "://" not in default:
+        extra = (folder / Path(default).expanduser()).resolve()
+        if extra not in dirs:
+            dirs.append(extra)
+    return dirs
 
 
 def _apply_class_names(images: list[RawImage], class_names, report: ValidationReport) -> None:
@@ -175,7 +185,7 @@ def read_dataset(
         source, parsed = path, [(file, _read_json(file)) for file in files]
         detected = _check_format(format, "labelme", path)
     for file, data in parsed:
-        ctx = ReadContext(str(file), _base_dirs(file, images_dir), report, class_attribute, default_class)
+        ctx = ReadContext(str(file), _base_dirs(file, images_dir, data), report, class_attribute, default_class)
         if detected == "coco":
             images, found_classes = read_coco(data, ctx)
         elif detected == "labelme":
