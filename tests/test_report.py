@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bookseg.analysis.report import best_run, build_report, format_mean_std
+from bookseg.analysis.report import build_report, format_mean_std
 from bookseg.analysis.report_plots import mean_curve
+from bookseg.analysis.report_runs import best_run
 from bookseg.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
