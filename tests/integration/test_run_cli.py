@@ -5,7 +5,10 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from bookseg.mrcnn.config import LOSS_NAMES
+from tests.integration.conftest import CliRunner
 
 FOLD_METRICS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "mask_ap50_matterport")
 
@@ -76,15 +79,7 @@ def test_failed_sweep_point_is_recorded_and_the_sweep_goes_on(cli):
 def test_killed_run_resumes_without_duplicates(cli):
     proc = cli.popen("+experiment=smoke")
     # Kill once fold 1 has written its first checkpoint (fold 0 is then finished).
-    deadline = time.time() + 400
-    while time.time() < deadline and proc.poll() is None:
-        if list(Path(cli.root, "outputs", "runs").glob("*/attempt0/fold1/checkpoints/*.weights.h5")):
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run ended before it could be killed:\n" + \
-        Path(cli.root, "popen.log").read_text()[-3000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _kill_after(cli, proc, "*/attempt0/fold1/checkpoints/*.weights.h5")
 
     second = cli.run("+experiment=smoke")
     assert "fold 0: already finished" in second.stdout
@@ -100,3 +95,37 @@ def test_killed_run_resumes_without_duplicates(cli):
     fold0 = next(c for c in children if c.data.tags["fold"] == "0")
     # fold 0's final metrics were logged once, in the first process
     assert len(client.get_metric_history(fold0.info.run_id, "mask_ap50")) == 1
+
+
+LEARNING_OVERRIDES = (
+    "+experiment=smoke", "stages=scratch", "stages.schedule.0.epochs=8", "stages.steps_per_epoch=15",
+    "data.synthetic.n_images=16", "eval.max_images=null",
+)
+
+
+def _kill_after(cli, proc, pattern: str, timeout: float = 900) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if list(Path(cli.root, "outputs", "runs").glob(pattern)):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_resumed_run_matches_an_uninterrupted_one(cli, tmp_path_factory):
+    reference = CliRunner(tmp_path_factory.mktemp("reference"))
+    reference.run(*LEARNING_OVERRIDES)
+    (ref_parent,), _ = reference.runs()
+
+    proc = cli.popen(*LEARNING_OVERRIDES)
+    _kill_after(cli, proc, "*/attempt0/fold1/checkpoints/mask_rcnn_0004.weights.h5")
+    cli.run(*LEARNING_OVERRIDES)
+    (parent,), children = cli.runs()
+    assert len(children) == 2
+    for name in ("mask_ap50", "box_ap50"):
+        ref = ref_parent.data.metrics[f"cv/{name}_mean"]
+        assert ref > 0.3, f"the reference run did not learn ({name}={ref:.3f}): the comparison would be empty"
+        assert abs(parent.data.metrics[f"cv/{name}_mean"] - ref) < 0.15, name
