@@ -163,6 +163,7 @@ shared = set.intersection(*groups_in_folds) if len(folds) > 1 else set()
 print(
     f"{len(set().union(*groups_in_folds))} groups in {K_FOLDS} folds; groups in more than one fold: {len(shared)}"
 )
+print(f"images per fold: {[len(ids) for ids in folds]}")
 fold_table  # noqa: B018  (the last expression of a cell is displayed)
 
 # %%
@@ -192,23 +193,30 @@ fig, axes = plt.subplots(len(presets), columns, figsize=(3 * columns, 3.2 * len(
 for row, path in zip(axes, presets):
     preset = OmegaConf.load(path)
     augment = build_augmentation(OmegaConf.to_container(preset.transforms, resolve=True), seed=SEED)
-    names = ", ".join(type(t).__name__ for t in augment.transforms) if augment else "no transform"
-    print(f"{preset.name}: {names}")
     row[0].imshow(draw_instances(image, masks, numbered=False))
     row[0].set_title(f"{preset.name}: original", fontsize=9)
-    for draw, ax in enumerate(row[1:]):
-        if augment is None:
-            ax.axis("off")
-            continue
-        result = augment(image, masks, class_ids, rng=np.random.default_rng([SEED, draw]))
-        changed = result.image.shape != image.shape or not np.array_equal(result.image, image)
-        ax.imshow(draw_instances(result.image, result.masks, numbered=False))
-        ax.set_title(
-            f"{result.masks.shape[-1]} kept, {result.dropped} dropped" + ("" if changed else " (unchanged)"),
-            fontsize=9,
+    if augment is None:
+        print(f"{preset.name}: no transform")
+    else:
+        n_changed, kept = 0, []
+        for draw, ax in enumerate(row[1:]):
+            result = augment(image, masks, class_ids, rng=np.random.default_rng([SEED, draw]))
+            changed = result.image.shape != image.shape or not np.array_equal(result.image, image)
+            n_changed += changed
+            kept.append(result.masks.shape[-1])
+            ax.imshow(draw_instances(result.image, result.masks, numbered=False))
+            title = f"{result.masks.shape[-1]} kept, {result.dropped} dropped" + (
+                "" if changed else " (unchanged)"
+            )
+            ax.set_title(title, fontsize=9)
+        print(
+            f"{preset.name}: {', '.join(type(t).__name__ for t in augment.transforms)}; {n_changed} of "
+            f"{AUGMENTATION_DRAWS} draws changed the image; instances kept per draw {kept} of {masks.shape[-1]}"
         )
     for ax in row:
         ax.set_xticks([])
         ax.set_yticks([])
+        if augment is None and ax is not row[0]:
+            ax.axis("off")
 fig.tight_layout()
 plt.show()
