@@ -23,7 +23,7 @@
 # 5. the mask head: 28 x 28 masks and the same masks pasted into the photo;
 # 6. weight statistics and histograms of a few layers.
 #
-# By default a tiny model is trained here for about 30 seconds on a few easy synthetic shelves
+# By default a tiny model is trained here for about 20 seconds on a few easy synthetic shelves
 # (one row of upright books), so every stage shows something meaningful on a CPU. Set `RUN_ID` to an
 # MLflow run of `python -m bookseg.run` (or `WEIGHTS_FILE` to a `.weights.h5`) to inspect a trained
 # model instead.
