@@ -9,10 +9,7 @@ run comparison notebook and the load-from-MLflow path of the model notebook read
 from __future__ import annotations
 
 import base64
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import jupytext
@@ -52,23 +49,9 @@ def workspace(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(workspace) -> str:
-    """Run the smoke experiment once in the workspace; returns its MLflow parent run id."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "bookseg.run", "+experiment=smoke"],
-        cwd=workspace,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, (
-        f"smoke run failed\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
-    )
-    match = re.search(r"MLflow: parent run (\w+)", proc.stdout)
-    assert match, proc.stdout[-2000:]
-    return match.group(1)
+def smoke_run(smoke_sweep) -> str:
+    """The parent run id of the session's smoke sweep (anchors default), see tests/conftest.py."""
+    return smoke_sweep.parents[0].info.run_id
 
 
 def execute(name: str, workdir: Path, parameters: dict | None = None) -> nbformat.NotebookNode:
@@ -188,24 +171,25 @@ def test_inspect_model_notebook_trains_and_follows_one_image(workspace):
     assert len(tables) == 2 and "P6" in tables[0] and "rpn_model" in tables[1]
 
 
-def test_compare_runs_notebook_reads_a_smoke_run(workspace, smoke_run):
-    notebook = execute("03_compare_runs", workspace)
+def test_compare_runs_notebook_reads_a_smoke_run(workspace, smoke_sweep, smoke_run):
+    parameters = {"TRACKING_URI": smoke_sweep.uri, "EXPERIMENT": smoke_sweep.experiment, "RUN_ID": smoke_run}
+    notebook = execute("03_compare_runs", workspace, parameters)
     text = text_of(notebook)
-    assert "bookseg/default: 1 parent runs, 2 fold runs" in text
+    assert f"{smoke_sweep.experiment}: 4 parent runs, 4 fold runs" in text  # 2 finished, 2 failed points
     assert f"run {smoke_run}: 2 folds" in text
     for loss in ("rpn_class_loss", "mrcnn_mask_loss", "'loss'"):
         assert loss in text
     # The summary table shows the parent run's cross-validation metrics as logged.
-    from mlflow.tracking import MlflowClient
 
-    logged = MlflowClient().get_run(smoke_run).data.metrics
+    logged = smoke_sweep.client().get_run(smoke_run).data.metrics
     summary = [o.data["text/plain"] for o in outputs(notebook, "execute_result")][-1]
     expected = f"{logged['cv/mask_ap50_mean']:.3f} ± {logged['cv/mask_ap50_std']:.3f}"
     assert "mask_ap50" in summary and expected in summary
     assert len(figures(notebook)) == 2  # metric per run with error bars, loss curves
 
 
-def test_inspect_model_notebook_loads_a_run_from_mlflow(workspace, smoke_run):
+def test_inspect_model_notebook_loads_a_run_from_mlflow(workspace, smoke_sweep, smoke_run, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", smoke_sweep.uri)  # the kernel inherits it
     notebook = execute("02_inspect_model", workspace, parameters={"RUN_ID": smoke_run})
     text = text_of(notebook)
     assert f"MLflow run {smoke_run} fold" in text

@@ -16,10 +16,7 @@ import hashlib
 import io
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -331,31 +328,12 @@ def test_real_model_outputs_agree_with_detect(shelves, untrained_model, tmp_path
 
 # ---------------------------------------------------------------------- models from a real MLflow run
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """One `python -m bookseg.run +experiment=smoke` job in a temporary folder with its own MLflow store."""
-    from mlflow.tracking import MlflowClient
-
-    root = tmp_path_factory.mktemp("smoke")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    env = dict(
-        os.environ, MLFLOW_TRACKING_URI=uri, BOOKSEG_CACHE=str(root / "cache"), TF_CPP_MIN_LOG_LEVEL="2"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-m", "bookseg.run", "+experiment=smoke"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([client.get_experiment_by_name("bookseg/default").experiment_id])
-    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
-    children = {int(r.data.tags["fold"]): r for r in runs if "mlflow.parentRunId" in r.data.tags}
-    images = sorted((root / "cache").glob("synthetic-*/images/*.png"))
-    return SimpleNamespace(root=root, uri=uri, parent=parent, children=children, images=images, client=client)
+def smoke_run(smoke_sweep):
+    """A real `python -m bookseg.run +experiment=smoke` job: the session's smoke sweep (tests/conftest.py)."""
+    parent = smoke_sweep.parents[0]
+    return SimpleNamespace(root=smoke_sweep.root, uri=smoke_sweep.uri, parent=parent,
+                           children=smoke_sweep.children[parent.info.run_id], images=smoke_sweep.images,
+                           client=smoke_sweep.client())
 
 
 def _first_kernel(model) -> np.ndarray:

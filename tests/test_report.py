@@ -217,42 +217,11 @@ def test_report_command(logged, tmp_path, capsys):
     assert "no MLflow experiment 'bookseg/none'" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    """A real 2-point sweep (smoke experiment, anchors default vs small) in its own folder and store."""
-    root = tmp_path_factory.mktemp("sweep")
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-        "BOOKSEG_CACHE": str(root / "cache"),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "PYTHONPATH": str(REPO),
-    }
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bookseg.run",
-            "-m",
-            "+experiment=smoke",
-            "anchors=default,small",
-            "study=report_test",
-        ],
-        check=False,
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return root
-
-
-def test_report_of_a_real_sweep(sweep):
-    uri = f"sqlite:///{sweep / 'mlflow.db'}"
-    report = build_report("bookseg/report_test", tracking_uri=uri, out=sweep / "experiments" / "report_test")
-    assert len(report.runs) == 2 and not report.skipped
+def test_report_of_a_real_sweep(smoke_sweep):
+    """The session's smoke sweep (tests/conftest.py): anchors default vs small, plus two failed points."""
+    sweep, uri = smoke_sweep.root, smoke_sweep.uri
+    report = build_report(smoke_sweep.experiment, tracking_uri=uri, out=sweep / "experiments" / "shared")
+    assert len(report.runs) == 2 and len(report.skipped) == 2
     assert "anchors.scales" in report.differing_params
     assert all(r.n_folds == 2 and len(r.fold_metrics) == 2 for r in report.runs)
     assert report.best_run_id in {r.run_id for r in report.runs}
@@ -281,7 +250,7 @@ def test_report_of_a_real_sweep(sweep):
             "bookseg",
             "report",
             "--experiment",
-            "bookseg/report_test",
+            smoke_sweep.experiment,
             "--tracking-uri",
             uri,
         ],
@@ -293,5 +262,5 @@ def test_report_of_a_real_sweep(sweep):
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "note: experiments/report_test already holds a report" in proc.stdout
-    assert (sweep / "experiments" / "report_test_2" / "report.md").is_file()
+    assert "note: experiments/shared already holds a report" in proc.stdout
+    assert (sweep / "experiments" / "shared_2" / "report.md").is_file()

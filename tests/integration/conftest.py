@@ -1,6 +1,5 @@
 """Run the real CLI in a subprocess, in a temporary folder with its own MLflow store and data cache."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,18 +7,14 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import cli_env
+
 
 class CliRunner:
     def __init__(self, root: Path):
         self.root = root
         self.db = root / "mlflow.db"
-        self.env = dict(os.environ)
-        self.env.update({
-            "MLFLOW_TRACKING_URI": f"sqlite:///{self.db}",
-            "BOOKSEG_CACHE": str(root / "cache"),
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            "PYTHONUNBUFFERED": "1",
-        })
+        self.env = cli_env(root)
 
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "bookseg.run", *args]

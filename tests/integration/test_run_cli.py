@@ -20,60 +20,46 @@ def _artifact_paths(client, run_id, path=""):
     return out
 
 
-def test_smoke_experiment_logs_parent_and_fold_runs(cli):
-    proc = cli.run("+experiment=smoke")
-    assert "mean±std" in proc.stdout and "mlflow ui" in proc.stdout
-
-    parents, children = cli.runs()
-    assert len(parents) == 1 and len(children) == 2
-    parent = parents[0]
-    assert parent.info.status == "FINISHED"
-    assert parent.data.params["model.backbone"] == "tiny"
-    assert parent.data.params["cv.k"] == "2"
-    assert "+experiment=smoke" in parent.data.tags["bookseg.overrides"]
-    assert len(parent.data.tags["mlflow.source.git.commit"]) in (40, 7) or \
-        parent.data.tags["mlflow.source.git.commit"] == "unknown"
-    assert parent.data.tags["bookseg.data_fingerprint"]
-    for name in FOLD_METRICS:
-        assert 0.0 <= parent.data.metrics[f"cv/{name}_mean"] <= 1.0
-        assert parent.data.metrics[f"cv/{name}_std"] >= 0.0
-    client = cli.client()
-    parent_artifacts = _artifact_paths(client, parent.info.run_id)
-    assert {"config.yaml", "folds.json", "results.txt"} <= set(parent_artifacts)
-
-    assert sorted(c.data.tags["fold"] for c in children) == ["0", "1"]
-    for child in children:
-        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert child.info.status == "FINISHED"
+def test_sweep_logs_one_parent_run_per_point_with_nested_fold_runs(smoke_sweep):
+    assert "mean±std" in smoke_sweep.stdout and "mlflow ui" in smoke_sweep.stdout
+    client = smoke_sweep.client()
+    scales = [ast.literal_eval(p.data.params["anchors.scales"]) for p in smoke_sweep.parents]
+    assert scales == [[32, 64, 128, 256, 512], [16, 32, 64, 128, 256]]
+    for parent in smoke_sweep.parents:
+        assert parent.data.params["model.backbone"] == "tiny"
+        assert parent.data.params["cv.k"] == "2"
+        assert "+experiment=smoke" in parent.data.tags["bookseg.overrides"]
+        sha = parent.data.tags["mlflow.source.git.commit"]
+        assert len(sha) == 40 or sha == "unknown"
+        assert parent.data.tags["bookseg.data_fingerprint"]
         for name in FOLD_METRICS:
-            assert 0.0 <= child.data.metrics[name] <= 1.0
-        for name in ("loss",) + LOSS_NAMES:
-            for split in ("train", "val"):
-                history = client.get_metric_history(child.info.run_id, f"{split}/{name}")
-                assert [m.step for m in history] == [1, 2], (split, name)
-        artifacts = _artifact_paths(client, child.info.run_id)
-        assert "loss_curves.png" in artifacts
-        assert any(a.startswith("overlays/") and a.endswith(".jpg") for a in artifacts)
-        assert any(a.startswith("weights/") and a.endswith(".weights.h5") for a in artifacts)
-        assert any(a.startswith("tensorboard/") for a in artifacts)
+            assert 0.0 <= parent.data.metrics[f"cv/{name}_mean"] <= 1.0
+            assert parent.data.metrics[f"cv/{name}_std"] >= 0.0
+        artifacts = _artifact_paths(client, parent.info.run_id)
+        assert {"config.yaml", "folds.json", "results.txt", "class_names.json"} <= set(artifacts)
+
+        children = smoke_sweep.children[parent.info.run_id]
+        assert sorted(children) == [0, 1]
+        for child in children.values():
+            assert child.info.status == "FINISHED"
+            for name in FOLD_METRICS:
+                assert 0.0 <= child.data.metrics[name] <= 1.0
+            for name in ("loss",) + LOSS_NAMES:
+                for split in ("train", "val"):
+                    history = client.get_metric_history(child.info.run_id, f"{split}/{name}")
+                    assert [m.step for m in history] == [1, 2], (split, name)
+            artifacts = _artifact_paths(client, child.info.run_id)
+            assert "loss_curves.png" in artifacts
+            assert any(a.startswith("overlays/") and a.endswith(".jpg") for a in artifacts)
+            assert any(a.startswith("weights/") and a.endswith(".weights.h5") for a in artifacts)
+            assert any(a.startswith("tensorboard/") for a in artifacts)
 
 
-def test_two_point_sweep_gives_one_parent_run_per_point(cli):
-    cli.run("-m", "+experiment=smoke", "anchors=default,small", "study=sweep_test")
-    parents, children = cli.runs("bookseg/sweep_test")
-    assert len(parents) == 2 and len(children) == 4
-    assert all(p.info.status == "FINISHED" for p in parents)
-    scales = sorted(ast.literal_eval(p.data.params["anchors.scales"]) for p in parents)
-    assert scales == [[16, 32, 64, 128, 256], [32, 64, 128, 256, 512]]
-
-
-def test_failed_sweep_point_is_recorded_and_the_sweep_goes_on(cli):
-    cli.run("-m", "+experiment=smoke", "model.image_max_dim=100,128", "study=sweep_fail", check=False)
-    parents, _ = cli.runs("bookseg/sweep_fail")
-    statuses = sorted(p.info.status for p in parents)
-    assert statuses == ["FAILED", "FINISHED"]
-    failed = next(p for p in parents if p.info.status == "FAILED")
-    assert "divisible by 64" in failed.data.tags["bookseg.error"]
+def test_failed_sweep_points_are_recorded_and_the_sweep_goes_on(smoke_sweep):
+    assert len(smoke_sweep.failed) == 2  # cv.k=1 with each anchor set
+    for run in smoke_sweep.failed:
+        assert "cv.k=1" in run.data.tags["bookseg.overrides"]
+        assert "k >= 2" in run.data.tags["bookseg.error"]
 
 
 def test_killed_run_resumes_without_duplicates(cli):
