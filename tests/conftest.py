@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 # Two points train (anchors default / small); the two with cv.k=1 fail config validation, so the sweep
-# also shows that failed points are recorded in MLflow and do not stop the others.
-SWEEP_ARGS = ("-m", "+experiment=smoke", "anchors=default,small", "cv.k=2,1", "study=shared")
+# also shows that failed points are recorded in MLflow and do not stop the others. The joblib launcher
+# (+sweep=parallel) runs two points at a time in separate processes.
+SWEEP_ARGS = ("-m", "+experiment=smoke", "anchors=default,small", "cv.k=2,1", "study=shared", "+sweep=parallel")
 SWEEP_EXPERIMENT = "bookseg/shared"
 
 
