@@ -6,6 +6,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from bookseg.data.folds import load_folds, make_folds, save_folds, split
@@ -83,6 +84,11 @@ def results_table(results: dict[int, dict[str, float]], summary: dict[str, float
 
 
 def log_config(cfg: DictConfig, job_dir: Path) -> None:
+    """Log the resolved config (`config.yaml`) and Hydra's own record of the job (`hydra/`)."""
     path = job_dir / "config.yaml"
     path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     mlflow.log_artifact(str(path))
+    if HydraConfig.initialized():
+        hydra_dir = Path(HydraConfig.get().runtime.output_dir) / HydraConfig.get().output_subdir
+        if hydra_dir.is_dir():
+            mlflow.log_artifacts(str(hydra_dir), "hydra")

@@ -36,7 +36,8 @@ def test_sweep_logs_one_parent_run_per_point_with_nested_fold_runs(smoke_sweep):
             assert 0.0 <= parent.data.metrics[f"cv/{name}_mean"] <= 1.0
             assert parent.data.metrics[f"cv/{name}_std"] >= 0.0
         artifacts = _artifact_paths(client, parent.info.run_id)
-        assert {"config.yaml", "folds.json", "results.txt", "class_names.json"} <= set(artifacts)
+        assert {"config.yaml", "folds.json", "results.txt", "class_names.json", "hydra/overrides.yaml"} <= set(
+            artifacts)
 
         children = smoke_sweep.children[parent.info.run_id]
         assert sorted(children) == [0, 1]
