@@ -66,7 +66,7 @@ def test_failed_sweep_points_are_recorded_and_the_sweep_goes_on(smoke_sweep):
 def test_killed_run_resumes_without_duplicates(cli):
     proc = cli.popen("+experiment=smoke")
     # Kill once fold 1 has written its first checkpoint (fold 0 is then finished).
-    _kill_after(cli, proc, "*/attempt0/fold1/checkpoints/*.weights.h5")
+    _kill_after(cli, proc, "*/attempt0/fold1/checkpoints/mask_rcnn_*.weights.h5")
 
     second = cli.run("+experiment=smoke")
     assert "fold 0: already finished" in second.stdout
