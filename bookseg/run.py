@@ -9,6 +9,7 @@ Returns the cross-fold mean of `optimized_metric` so Hydra sweepers (Optuna) can
 
 from __future__ import annotations
 
+import fcntl
 import traceback
 from pathlib import Path
 
@@ -30,36 +31,44 @@ def _overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def job_directory(cfg: DictConfig, key: str) -> Path:
-    """Checkpoints, folds and run ids of this config; a finished job's folder is kept and a new one used."""
+def job_directory(cfg: DictConfig, key: str) -> tuple[Path, object]:
+    """Checkpoints, folds and run ids of this job, and an open lock file that holds it.
+
+    A finished attempt (DONE) is kept and the next one used; an attempt locked by a running process
+    (the same command started twice) is skipped too, so two processes never share checkpoints.
+    """
     base = Path(cfg.work_dir) / key
     attempt = 0
-    while (base / f"attempt{attempt}" / "DONE").exists() or (
-        not cfg.resume and (base / f"attempt{attempt}").exists()
-    ):
+    while True:
+        job_dir = base / f"attempt{attempt}"
+        if not (job_dir / "DONE").exists() and (cfg.resume or not job_dir.exists()):
+            job_dir.mkdir(parents=True, exist_ok=True)
+            lock = open(job_dir / "lock", "w")  # noqa: SIM115 (held until the job ends)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return job_dir, lock
+            except BlockingIOError:
+                lock.close()
         attempt += 1
-    return base / f"attempt{attempt}"
 
 
 def run(cfg: DictConfig, opened: dict) -> float:
     """The job; `opened["run_id"]` is set once the MLflow parent run exists (for failure reporting)."""
-    # Imported here so that `--cfg job`, `--help` and config errors do not wait for TensorFlow.
+    validate(cfg)
+    # Imported after validation so that `--cfg job`, `--help` and config errors do not wait for TensorFlow.
     from bookseg.experiment.cv import aggregate, cross_validate, log_config, results_table
     from bookseg.experiment.data import fingerprint, load_data
 
-    validate(cfg)
     dataset = load_data(cfg)
     print(dataset.report.summary() if dataset.report else "", flush=True)
     data_print = fingerprint(dataset)
-    key = run_key(cfg, data_print)
-    job_dir = job_directory(cfg, key)
-    job_dir.mkdir(parents=True, exist_ok=True)
-    state = RunState(job_dir)
     overrides = _overrides()
+    job_dir, _lock = job_directory(cfg, run_key(cfg, data_print, overrides))
+    state = RunState(job_dir)
     name = "+".join(o.split("=", 1)[1] for o in overrides if o.startswith("+experiment=")) or "main"
     run_name = f"{name} " + " ".join(o for o in overrides if not o.startswith("+experiment=")).strip()
     with open_parent_run(cfg, state, run_name=run_name.strip(), overrides=overrides,
-                         data_fingerprint=data_print, key=key) as parent:
+                         data_fingerprint=data_print, key=job_dir.parent.name) as parent:
         opened["run_id"] = parent.info.run_id
         log_config(cfg, job_dir)
         mlflow.log_dict({"class_names": dataset.class_names}, "class_names.json")  # for `bookseg predict`

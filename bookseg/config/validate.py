@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from bookseg.data.augment import build_augmentation
+from bookseg.factory import mrcnn_config
+
+# Per-fold metrics the CV loop aggregates (kept here so validation does not import TensorFlow).
+FOLD_METRICS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "box_ap75", "mask_ap50_matterport")
 
 STAGE_NAMES = ("heads", "3+", "4+", "5+", "all")
 DATA_KINDS = ("synthetic", "via", "coco", "labelme")
@@ -25,17 +32,17 @@ def validate(cfg: DictConfig) -> None:
         problems.append(
             f"model.image_max_dim={m.image_max_dim} is not divisible by 64 (the FPN halves the image 6 times)"
         )
-    if m.image_resize_mode == "pad64" and m.image_min_dim % 64:
-        problems.append(f"model.image_min_dim={m.image_min_dim} must be divisible by 64 with pad64")
-    if m.backbone not in ("resnet50", "resnet101", "tiny"):
-        problems.append(f"model.backbone={m.backbone!r}: use resnet50, resnet101 or tiny")
+    if m.image_resize_mode == "pad64" and m.images_per_batch > 1:
+        problems.append("model.image_resize_mode=pad64 gives images of different sizes: train with square "
+                        "(pad64 is for inference) or set model.images_per_batch=1")
     if m.backbone == "tiny" and len(m.tiny_channels) != 4:
         problems.append(f"model.tiny_channels needs 4 widths (C2..C5), got {list(m.tiny_channels)}")
     if m.images_per_batch < 1:
         problems.append("model.images_per_batch must be >= 1")
     if not 0 < m.roi_positive_ratio <= 1:
         problems.append(f"model.roi_positive_ratio={m.roi_positive_ratio} must be in (0, 1]")
-
+    if m.weights and not Path(m.weights).expanduser().is_file():
+        problems.append(f"model.weights={m.weights!r}: no such file")
     a = cfg.anchors
     if len(a.scales) != PYRAMID_LEVELS:
         problems.append(
@@ -50,10 +57,12 @@ def validate(cfg: DictConfig) -> None:
     o = cfg.optimizer
     if o.name not in ("sgd", "adamw"):
         problems.append(f"optimizer.name={o.name!r}: use sgd or adamw")
-    if o.weight_decay_mode not in ("matterport", "l2"):
-        problems.append(f"optimizer.weight_decay_mode={o.weight_decay_mode!r}: use matterport or l2")
     if o.clipnorm is not None and o.clipnorm <= 0:
         problems.append("optimizer.clipnorm must be positive or null")
+    try:
+        build_augmentation(OmegaConf.to_container(cfg.augmentation.transforms, resolve=True))
+    except Exception as exc:  # any instantiation error of a user's transform list
+        problems.append(f"augmentation.transforms: {type(exc).__name__}: {exc}")
 
     s = cfg.stages
     if not s.schedule:
@@ -98,6 +107,15 @@ def validate(cfg: DictConfig) -> None:
             re.compile(d.group_regex)
         except re.error as exc:
             problems.append(f"data.group_regex={d.group_regex!r} is not a valid regex: {exc}")
+
+    if not problems:
+        try:  # the model's own checks (backbone, batch, ROI ratio, ...), kept in one place
+            mrcnn_config(cfg, num_classes=2)
+        except ValueError as exc:
+            problems.append(f"model / anchors: {exc}")
+    metrics = {f"cv/{name}_{stat}" for name in FOLD_METRICS for stat in ("mean", "std")}
+    if cfg.optimized_metric not in metrics:
+        problems.append(f"optimized_metric={cfg.optimized_metric!r}: use one of {sorted(metrics)}")
 
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))

@@ -57,7 +57,7 @@ def aggregate(results: dict[int, dict[str, float]]) -> dict[str, float]:
     """Mean and (population) std across folds of every fold metric: `cv/<name>_mean`, `cv/<name>_std`.
 
     A fold whose metric is undefined (NaN: no ground-truth book in its validation images) is left out of
-    that metric's mean; `cv/n_folds` counts the folds aggregated.
+    that metric's mean; `cv/n_folds` counts every fold run.
     """
     out = {}
     for name in FOLD_METRICS:

@@ -11,13 +11,13 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from bookseg import factory
+from bookseg.config.validate import FOLD_METRICS
 from bookseg.data.images import load_image_rgb
 from bookseg.data.records import ImageRecord
 from bookseg.tracking.callbacks import EpochCheckpoint, JobProgress, MlflowEpochLogger
 from bookseg.tracking.plots import plot_loss_curves
 
-FOLD_METRICS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "box_ap75", "mask_ap50_matterport")
-_DETECT_CHUNK = 8  # images per detect() call while evaluating: bounds memory on large folds
+_DETECT_CHUNK = 8  # images per detect() call while evaluating
 
 
 def total_epochs(cfg: DictConfig) -> int:
@@ -70,11 +70,17 @@ def run_fold(cfg: DictConfig, index: int, train: list[ImageRecord], val: list[Im
                                  seed=cfg.seed + index)
     train_data = make_dataset(train, config, class_names, augment=augment, shuffle=True,
                               seed=cfg.seed + index, repeat=True)
-    val_data = make_dataset(val, config, class_names, shuffle=False, seed=0, repeat=True)
+    # The same validation images every epoch (a finite pass), so val/* curves compare like with like:
+    # the first validation_steps batches of the fold (all of it when there are fewer).
+    batch = config.images_per_batch
+    n_val = min(len(val) // batch, cfg.stages.validation_steps) * batch
+    val_data = make_dataset(val[:n_val], config, class_names, shuffle=False, seed=0, repeat=False) \
+        if n_val else None
 
     callbacks = [
-        MlflowEpochLogger(),
+        # Checkpoint before logging: a kill between the two can lose an epoch's points, never duplicate them.
         EpochCheckpoint(ckpt_dir),
+        MlflowEpochLogger(),
         progress.callback(index, cfg.cv.k, total_epochs(cfg), stage_of_epoch(cfg)),
     ]
     if cfg.tracking.tensorboard:
@@ -82,15 +88,14 @@ def run_fold(cfg: DictConfig, index: int, train: list[ImageRecord], val: list[Im
                                                      profile_batch=0))
     if initial_epoch < total_epochs(cfg):
         train_stages(
-            model, train_data, val_data if cfg.stages.validation_steps else None,
-            factory.stages(cfg), factory.optimizer_spec(cfg),
-            steps_per_epoch=cfg.stages.steps_per_epoch, validation_steps=cfg.stages.validation_steps,
+            model, train_data, val_data, factory.stages(cfg), factory.optimizer_spec(cfg),
+            steps_per_epoch=cfg.stages.steps_per_epoch, validation_steps=None,
             callbacks=callbacks, initial_epoch=initial_epoch, verbose=0,
         )
 
     metrics, overlays = evaluate_fold(cfg, model, val, class_names)
-    mlflow.log_metrics(metrics)
     _log_artifacts(cfg, model, fold_dir, overlays, index)
+    mlflow.log_metrics(metrics)  # last: a fold with final metrics is complete
     return metrics
 
 

@@ -2,7 +2,7 @@
 
 Field names are matterport's `Config` attributes in lower case (`RPN_ANCHOR_SCALES` ->
 `rpn_anchor_scales`), so users find what they know. Layers never read Hydra configs: the runner
-turns its config into one `MrcnnConfig` (see `bookseg.mrcnn.factory`), and the model, the input
+turns its config into one `MrcnnConfig` (see `bookseg.factory`), and the model, the input
 pipeline and the weight loader read only this object.
 """
 

@@ -85,7 +85,7 @@ class JobProgress:
                 self._print("done", logs)
 
             def _print(self, where, logs):
-                head = (f"fold {fold + 1}/{n_folds} | stage {stage_of_epoch(self.epoch)} | "
+                head = (f"fold {fold} ({fold + 1} of {n_folds}) | stage {stage_of_epoch(self.epoch)} | "
                         f"epoch {self.epoch + 1}/{n_epochs} {where}")
                 losses = " ".join(f"{k}={v:.3f}" for k, v in sorted((logs or {}).items()) if "loss" in k)
                 print(f"[{head} | {_hms(time.monotonic() - progress.start)} elapsed, about "

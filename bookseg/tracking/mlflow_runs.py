@@ -1,8 +1,9 @@
 """MLflow run layout: one experiment per study, one parent run per Hydra job, one child run per fold.
 
-Resuming: a job is identified by a hash of its resolved config and data fingerprint (`run_key`). The
-parent and child run ids live in `<work_dir>/<run_key>/state.json` beside the checkpoints, so running
-the same command again after a crash reopens the same MLflow runs instead of creating new ones.
+Resuming: a job is identified by a hash of its resolved config, its command-line overrides, the data
+fingerprint and where it is tracked (`run_key`). The parent and child run ids live in
+`<work_dir>/<run_key>/attempt<N>/state.json` beside the checkpoints, so running the same command
+again after a crash reopens the same MLflow runs instead of creating new ones.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-# Keys that do not change what is trained (where results go, how much is logged) stay out of the run key.
-_KEY_EXCLUDED = ("tracking", "resume", "work_dir", "study", "tags")
+# Keys that do not change what is trained or where it is tracked stay out of the run key; `data.cache_dir`
+# is covered by the data fingerprint.
+_KEY_EXCLUDED = ("tracking", "resume", "work_dir", "study", "tags", "optimized_metric")
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -41,13 +43,18 @@ def flatten(tree, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def run_key(cfg: DictConfig, data_fingerprint: str) -> str:
-    """Short hash identifying what a job trains: resolved config (minus logging keys) + data."""
+def run_key(cfg: DictConfig, data_fingerprint: str, overrides: list[str]) -> str:
+    """Short hash of one job: what it trains (resolved config, data), the command and where it is tracked.
+
+    The same command run again gets the same key (and resumes); a different command that happens to
+    train the same thing, or the same command tracked elsewhere, gets its own.
+    """
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for key in _KEY_EXCLUDED:
         resolved.pop(key, None)
-    text = json.dumps(resolved, sort_keys=True) + data_fingerprint
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
+    resolved["data"].pop("cache_dir", None)
+    identity = [resolved, data_fingerprint, sorted(overrides), tracking_uri(cfg), cfg.tracking.experiment]
+    return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def git_commit() -> tuple[str, bool]:
@@ -101,8 +108,12 @@ def open_parent_run(cfg: DictConfig, state: RunState, *, run_name: str, override
             existing = client.get_run(run_id)
         except mlflow.exceptions.MlflowException:
             existing = None
-        if existing is not None and existing.info.experiment_id == experiment.experiment_id:
+        if (existing is not None and existing.info.experiment_id == experiment.experiment_id
+                and existing.info.lifecycle_stage == "active"):
             return mlflow.start_run(run_id=run_id)
+        # The recorded run is gone (deleted, or the store moved): start over in a new parent run;
+        # finished folds keep their checkpoints, so they only need evaluating again.
+        state.data["folds"] = {}
     sha, dirty = git_commit()
     run = mlflow.start_run(run_name=run_name)
     state.data["parent_run_id"] = run.info.run_id

@@ -72,6 +72,11 @@ def test_sweep_presets_compose(name):
     (["+stages.schedule=[{layers: head, epochs: 1, learning_rate: 0.01}]"], "not a known stage"),
     (["optimizer.name=adam"], "sgd or adamw"),
     (["data=via"], "data.path is required"),
+    (["optimized_metric=mask_ap50"], "optimized_metric='mask_ap50': use one of"),
+    (["model.image_resize_mode=pad64"], "pad64 gives images of different sizes"),
+    (["model.weights=/nonexistent/mask_rcnn_coco.h5"], "no such file"),
+    (["augmentation.transforms=[{_target_: albumentations.NoSuchFlip}]"], "augmentation.transforms"),
+    (["model.roi_positive_ratio=0"], "roi_positive_ratio"),
 ])
 def test_bad_values_are_rejected_with_the_key(override, message):
     # `+stages.schedule=` would append; use a plain override for that case.
