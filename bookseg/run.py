@@ -90,15 +90,15 @@ def main(cfg: DictConfig) -> float:
     try:
         return run(cfg, opened)
     except Exception as exc:
-        # An exception inside the parent run marks it FAILED on exit; one that happens before (bad config,
-        # unreadable data) still gets a FAILED run, so a sweep point never vanishes from MLflow.
+        if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+            raise
+        # An exception inside the parent run marks it FAILED on exit; in a sweep, one that happens before
+        # (bad config, unreadable data) still gets a FAILED run, so no point vanishes from MLflow. The
+        # sweeper gets a NaN objective and goes on with the other points.
         if "run_id" not in opened:
             record_failed_job(cfg, _overrides(), exc)
-        # In a sweep one failed point must not stop the others: hand the sweeper a NaN objective.
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            traceback.print_exc()
-            return float("nan")
-        raise
+        traceback.print_exc()
+        return float("nan")
 
 
 if __name__ == "__main__":
