@@ -65,9 +65,10 @@ def run(cfg: DictConfig, opened: dict) -> float:
     overrides = _overrides()
     job_dir, _lock = job_directory(cfg, run_key(cfg, data_print, overrides))
     state = RunState(job_dir)
-    name = "+".join(o.split("=", 1)[1] for o in overrides if o.startswith("+experiment=")) or "main"
-    run_name = f"{name} " + " ".join(o for o in overrides if not o.startswith("+experiment=")).strip()
-    with open_parent_run(cfg, state, run_name=run_name.strip(), overrides=overrides,
+    experiment = [o.split("=", 1)[1] for o in overrides if o.startswith("+experiment=")]
+    run_name = " ".join(experiment or ["main"]) + "".join(
+        f" {o}" for o in overrides if not o.startswith("+experiment="))
+    with open_parent_run(cfg, state, run_name=run_name, overrides=overrides,
                          data_fingerprint=data_print, key=job_dir.parent.name) as parent:
         opened["run_id"] = parent.info.run_id
         log_config(cfg, job_dir)
