@@ -390,4 +390,6 @@ def make_dataset(
 
     dataset = dataset.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     dataset = dataset.batch(batch, drop_remainder=True)
+    if not repeat:  # a known length lets Keras iterate one pass per epoch without "ran out of data" warnings
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(n // batch))
     return dataset.prefetch(tf.data.AUTOTUNE)
