@@ -200,6 +200,19 @@ def synthetic_set(n_images: int, size: int, seed: int = 0) -> SyntheticSet:
     return SyntheticSet(list(dataset.records), list(dataset.class_names), folder, tmp)
 
 
+def load_augmentation(name: str, seed: int):
+    """The `Augmenter` of preset `conf/augmentation/<name>.yaml` (None for an empty preset like "none")."""
+    from omegaconf import OmegaConf
+
+    from bookseg.data.augment import build_augmentation
+
+    path = REPO_ROOT / "conf" / "augmentation" / f"{name}.yaml"
+    if not path.is_file():
+        presets = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise SystemExit(f"--augmentation {name!r}: no {path}; presets: {presets}")
+    return build_augmentation(OmegaConf.load(path).transforms, seed=seed)
+
+
 def synthetic_batch(records, config, class_names, seed: int = 0) -> dict:
     """One training batch (dict of NumPy arrays keyed by the model's input names) built in-process
     from the first `images_per_batch` records, without tf.data (for cached-batch timings)."""

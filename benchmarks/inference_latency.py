@@ -66,7 +66,7 @@ def main(argv=None) -> None:
         "synthetic_images": f"{n_images} (cycled)",
         "mean_books_per_image": f"{data.mean_instances:.1f}",
         "batch": "1 image per detect call",
-        "weights": "random init (seed %d)" % args.seed,
+        "weights": f"random init (seed {args.seed})",
         "warmup_images": args.warmup,
         "timed_images": args.steps,
         **common.config_settings(config),

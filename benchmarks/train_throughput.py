@@ -31,19 +31,6 @@ def parse_args(argv=None):
     return args
 
 
-def load_augmentation(name: str, seed: int):
-    """The `Augmenter` of preset `conf/augmentation/<name>.yaml` (None for an empty preset)."""
-    from omegaconf import OmegaConf
-
-    from bookseg.data.augment import build_augmentation
-
-    path = common.REPO_ROOT / "conf" / "augmentation" / f"{name}.yaml"
-    if not path.is_file():
-        presets = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise SystemExit(f"--augmentation {name!r}: no {path}; presets: {presets}")
-    return build_augmentation(OmegaConf.load(path).transforms, seed=seed)
-
-
 def training_gflops(model, batch) -> float | None:
     """GFLOPs of one training step's forward and backward pass (optimizer update not counted)."""
     import tensorflow as tf
@@ -89,7 +76,7 @@ def main(argv=None) -> None:
     generation_start = time.perf_counter()
     data = common.synthetic_set(n_images, side, seed=args.seed)
     generation = time.perf_counter() - generation_start
-    augment = load_augmentation(args.augmentation, args.seed)
+    augment = common.load_augmentation(args.augmentation, args.seed)
 
     common.print_settings("train_throughput", {
         "workload": "quick smoke test (tiny model, not a result)" if args.quick else f"BENCH-{args.size}",
