@@ -80,6 +80,7 @@ def test_input_pipeline_quick_prints_stage_costs_and_rates():
 def test_common_workload_matches_the_issue():
     spec = importlib.util.spec_from_file_location("bookseg_benchmarks_common", BENCHMARKS / "common.py")
     common = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = common  # dataclasses look their module up there
     spec.loader.exec_module(common)
     config = common.workload_config(512)
     assert config.image_shape == (512, 512, 3)
