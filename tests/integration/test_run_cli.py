@@ -36,8 +36,8 @@ def test_sweep_logs_one_parent_run_per_point_with_nested_fold_runs(smoke_sweep):
             assert 0.0 <= parent.data.metrics[f"cv/{name}_mean"] <= 1.0
             assert parent.data.metrics[f"cv/{name}_std"] >= 0.0
         artifacts = _artifact_paths(client, parent.info.run_id)
-        assert {"config.yaml", "folds.json", "results.txt", "class_names.json", "hydra/overrides.yaml"} <= set(
-            artifacts)
+        expected = {"config.yaml", "folds.json", "results.txt", "class_names.json", "hydra/overrides.yaml"}
+        assert expected <= set(artifacts)
 
         children = smoke_sweep.children[parent.info.run_id]
         assert sorted(children) == [0, 1]
@@ -84,9 +84,12 @@ def test_killed_run_resumes_without_duplicates(cli):
     assert len(client.get_metric_history(fold0.info.run_id, "mask_ap50")) == 1
 
 
+# A job that learns in about a minute: tiny model on 256 px shelves, AdamW, spine-shaped anchors.
 LEARNING_OVERRIDES = (
-    "+experiment=smoke", "stages=scratch", "stages.schedule.0.epochs=8", "stages.steps_per_epoch=15",
-    "data.synthetic.n_images=16", "eval.max_images=null",
+    "+experiment=smoke", "model=tiny", "optimizer=adamw", "anchors=spines", "stages=scratch",
+    "stages.schedule.0.learning_rate=0.003", "stages.schedule.0.epochs=12", "stages.steps_per_epoch=20",
+    "data.synthetic.n_images=16", "data.synthetic.height=256", "data.synthetic.width=256",
+    "model.image_min_dim=256", "model.image_max_dim=256", "eval.max_images=null",
 )
 
 
@@ -108,7 +111,7 @@ def test_resumed_run_matches_an_uninterrupted_one(cli, tmp_path_factory):
     (ref_parent,), _ = reference.runs()
 
     proc = cli.popen(*LEARNING_OVERRIDES)
-    _kill_after(cli, proc, "*/attempt0/fold1/checkpoints/mask_rcnn_0004.weights.h5")
+    _kill_after(cli, proc, "*/attempt0/fold1/checkpoints/mask_rcnn_0006.weights.h5")
     cli.run(*LEARNING_OVERRIDES)
     (parent,), children = cli.runs()
     assert len(children) == 2
