@@ -17,7 +17,9 @@ import pytest
 # Two points train (anchors default / small); the two with cv.k=1 fail config validation, so the sweep
 # also shows that failed points are recorded in MLflow and do not stop the others. The joblib launcher
 # (+sweep=parallel) runs two points at a time in separate processes.
-SWEEP_ARGS = ("-m", "+experiment=smoke", "anchors=default,small", "cv.k=2,1", "study=shared", "+sweep=parallel")
+SWEEP_ARGS = (
+    "-m", "+experiment=smoke", "anchors=default,small", "cv.k=2,1", "study=shared", "+sweep=parallel",
+)
 SWEEP_EXPERIMENT = "bookseg/shared"
 
 
@@ -68,6 +70,7 @@ def smoke_sweep(tmp_path_factory) -> SmokeSweep:
     sweep.failed = [r for r in parents if r.info.status == "FAILED"]
     for run in runs:
         if "mlflow.parentRunId" in run.data.tags:
-            sweep.children.setdefault(run.data.tags["mlflow.parentRunId"], {})[int(run.data.tags["fold"])] = run
+            parent_id, fold = run.data.tags["mlflow.parentRunId"], int(run.data.tags["fold"])
+            sweep.children.setdefault(parent_id, {})[fold] = run
     assert len(sweep.parents) == 2, f"STDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-5000:]}"
     return sweep

@@ -20,8 +20,8 @@ class CliRunner:
         return [sys.executable, "-m", "bookseg.run", *args]
 
     def run(self, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-        proc = subprocess.run(self.command(*args), check=False, cwd=self.root, env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
+        proc = subprocess.run(self.command(*args), check=False, cwd=self.root, env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\n"
                                  f"STDERR:\n{proc.stderr[-6000:]}")
