@@ -147,14 +147,19 @@ def rasterize_polygon(polygon: np.ndarray, height: int, width: int) -> np.ndarra
 def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
     """Tight boxes of bool [H, W, N] masks as int32 [N, 4] (y1, x1, y2, x2), y2/x2 exclusive.
 
-    Empty masks give an all-zero box.
+    Empty masks give an all-zero box. Two reductions over the whole stack, no per-instance loop.
     """
-    n = masks.shape[-1]
-    boxes = np.zeros((n, 4), np.int32)
-    for i in range(n):
-        rows = np.flatnonzero(masks[:, :, i].any(axis=1))
-        if rows.size == 0:
-            continue
-        cols = np.flatnonzero(masks[:, :, i].any(axis=0))
-        boxes[i] = (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)
+    cols = masks.any(axis=0)  # [W, N]
+    rows = masks.any(axis=1)  # [H, N]
+    height, width = rows.shape[0], cols.shape[0]
+    boxes = np.stack(
+        [
+            rows.argmax(axis=0),
+            cols.argmax(axis=0),
+            height - rows[::-1].argmax(axis=0),
+            width - cols[::-1].argmax(axis=0),
+        ],
+        axis=1,
+    ).astype(np.int32).reshape(-1, 4)
+    boxes[~cols.any(axis=0)] = 0
     return boxes

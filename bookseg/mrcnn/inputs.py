@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bookseg.data.images import load_image_rgb
+from bookseg.data.records import boxes_from_masks
 from bookseg.mrcnn import images as im
 from bookseg.mrcnn.anchors import pixel_anchors_for
 from bookseg.mrcnn.rpn_targets import build_rpn_targets
@@ -106,30 +107,6 @@ def _pixel_anchors(config, image_shape) -> np.ndarray:
             anchors.setflags(write=False)
             _ANCHORS[key] = anchors
         return _ANCHORS[key]
-
-
-def _mask_extents(masks: np.ndarray):
-    """Tight boxes and emptiness of bool [H, W, N] masks in two reductions.
-
-    Returns:
-        boxes: int32 [N, 4] (y1, x1, y2, x2), y2/x2 exclusive; all zero for empty masks.
-        nonempty: bool [N].
-    """
-    cols = masks.any(axis=0)  # [W, N]
-    nonempty = cols.any(axis=0)
-    rows = masks.any(axis=1)  # [H, N]
-    height, width = rows.shape[0], cols.shape[0]
-    boxes = np.stack(
-        [
-            rows.argmax(axis=0),
-            cols.argmax(axis=0),
-            height - rows[::-1].argmax(axis=0),
-            width - cols[::-1].argmax(axis=0),
-        ],
-        axis=1,
-    ).astype(np.int32)
-    boxes[~nonempty] = 0
-    return boxes, nonempty
 
 
 def _call_augment(augment, image, masks, class_ids, rng):
@@ -228,7 +205,8 @@ def load_training_example(
     image, window, scale, padding = im.resize_image(image, config, training=True)
     masks = im.resize_masks(masks, scale, padding)
 
-    boxes, kept = _mask_extents(masks)
+    boxes = boxes_from_masks(masks)
+    kept = boxes[:, 2] > boxes[:, 0]
     counts["emptied_by_resize"] = int((~kept).sum())
     if not kept.all():
         masks, class_ids, boxes = masks[:, :, kept], class_ids[kept], boxes[kept]
