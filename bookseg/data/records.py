@@ -74,6 +74,19 @@ class ImageRecord:
     def class_names(self) -> list[str]:
         return [inst.class_name for inst in self.instances]
 
+    def class_ids(self, class_ids_by_name: dict[str, int]) -> np.ndarray:
+        """int32 [N] class id of every instance.
+
+        Raises ValueError naming the file, image and region of an instance whose class is unknown.
+        """
+        ids = []
+        for index, inst in enumerate(self.instances):
+            if inst.class_name not in class_ids_by_name:
+                where = self.where(inst.region or f"instance {index}")
+                raise ValueError(f'{where}: class "{inst.class_name}" is not one of {list(class_ids_by_name)}')
+            ids.append(class_ids_by_name[inst.class_name])
+        return np.asarray(ids, np.int32)
+
     def where(self, region: str = "") -> str:
         """Human-readable location for messages: 'file.json: image "x.jpg", region 3'."""
         text = f'{self.source}: image "{self.image_id}"'

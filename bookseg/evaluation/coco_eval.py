@@ -50,15 +50,7 @@ def ground_truth(record: ImageRecord, class_names: Sequence[str]) -> dict:
     Raises:
         ValueError: an instance's class is not in `class_names` (names the file, image and region).
     """
-    ids = {name: k + 1 for k, name in enumerate(class_names)}
-    class_ids = []
-    for index, instance in enumerate(record.instances):
-        if instance.class_name not in ids:
-            region = instance.region or f"instance {index}"
-            raise ValueError(
-                f'{record.where(region)}: class "{instance.class_name}" is not one of {list(class_names)}'
-            )
-        class_ids.append(ids[instance.class_name])
+    class_ids = record.class_ids({name: k + 1 for k, name in enumerate(class_names)})
     masks = record.masks()
     iscrowd = np.array([inst.iscrowd for inst in record.instances], bool)
     keep = masks.any(axis=(0, 1))
@@ -72,7 +64,7 @@ def ground_truth(record: ImageRecord, class_names: Sequence[str]) -> dict:
     masks = masks[..., keep]
     return {
         "rois": boxes_from_masks(masks),
-        "class_ids": np.asarray(class_ids, np.int32).reshape(-1)[keep],
+        "class_ids": class_ids[keep],
         "masks": masks,
         "iscrowd": iscrowd.reshape(-1)[keep],
     }

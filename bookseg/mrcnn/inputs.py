@@ -122,19 +122,6 @@ def _call_augment(augment, image, masks, class_ids, rng):
     return augment(image, masks, class_ids)
 
 
-def _class_ids(record, class_ids_by_name) -> np.ndarray:
-    ids = []
-    for k, inst in enumerate(record.instances):
-        if inst.class_name not in class_ids_by_name:
-            region = inst.region or f"instance {k}"
-            raise ValueError(
-                f"{record.where(region)}: class {inst.class_name!r} is not one of {sorted(class_ids_by_name)}"
-            )
-        class_id = class_ids_by_name[inst.class_name]
-        ids.append(-class_id if inst.iscrowd else class_id)
-    return np.asarray(ids, np.int32)
-
-
 def load_training_example(
     record,
     config,
@@ -175,7 +162,8 @@ def load_training_example(
             f"annotation says {record.width}x{record.height}"
         )
     masks = record.masks()
-    class_ids = _class_ids(record, class_ids_by_name)
+    class_ids = record.class_ids(class_ids_by_name)
+    class_ids[np.array([inst.iscrowd for inst in record.instances], bool)] *= -1  # crowd regions: negative ids
 
     empty = ~masks.any(axis=0).any(axis=0)
     for k in np.flatnonzero(empty):

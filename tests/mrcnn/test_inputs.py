@@ -166,7 +166,7 @@ def test_unknown_class_and_size_mismatch_errors_name_the_image(tmp_path):
     path = tmp_path / "x.png"
     _write_image(path)
     record = _record(path, [Instance("dvd", _rect(1, 1, 9, 9), region="region 3")], name="x.png")
-    with pytest.raises(ValueError, match=r'test.json: image "x.png", region 3: class \'dvd\''):
+    with pytest.raises(ValueError, match=r'test.json: image "x.png", region 3: class "dvd" is not one of'):
         load_training_example(record, CONFIG, CLASSES)
     wrong = _record(path, [], name="x.png", h=70)
     with pytest.raises(ValueError, match=r'image "x.png".*96x64.*96x70'):
