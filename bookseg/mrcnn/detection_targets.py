@@ -72,6 +72,12 @@ def _shuffle(indices, deterministic: bool):
     return tf.random.shuffle(indices)
 
 
+def max_positive_rois(config) -> int:
+    """Most positive ROIs sampled per image, int(train_rois_per_image * roi_positive_ratio); they
+    fill the leading slots, so the mask head needs only these (see `MaskRCNN.training_outputs`)."""
+    return int(config.train_rois_per_image * config.roi_positive_ratio)
+
+
 def detection_targets_one_image(proposals, gt_class_ids, gt_boxes, gt_masks, config, deterministic=False):
     """Targets of one image; see the module docstring for the rules.
 
@@ -90,7 +96,7 @@ def detection_targets_one_image(proposals, gt_class_ids, gt_boxes, gt_masks, con
     """
     total = int(config.train_rois_per_image)
     ratio = float(config.roi_positive_ratio)
-    max_positives = int(total * ratio)
+    max_positives = max_positive_rois(config)
 
     proposals = tf.boolean_mask(proposals, tf.reduce_sum(tf.abs(proposals), axis=1) > 0)
     is_crowd = gt_class_ids < 0

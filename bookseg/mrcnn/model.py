@@ -25,7 +25,7 @@ from bookseg.mrcnn.anchors import anchors_for
 from bookseg.mrcnn.backbone import backbone_graph
 from bookseg.mrcnn.config import LOSS_NAMES, MrcnnConfig
 from bookseg.mrcnn.detection import DetectionLayer
-from bookseg.mrcnn.detection_targets import DetectionTargetLayer
+from bookseg.mrcnn.detection_targets import DetectionTargetLayer, max_positive_rois
 from bookseg.mrcnn.fpn import fpn_graph
 from bookseg.mrcnn.heads import apply_head, build_classifier_head, build_mask_head
 from bookseg.mrcnn.proposals import ProposalLayer, norm_boxes_graph
@@ -141,9 +141,10 @@ class MaskRCNN(keras.Model):
 
         Returns:
             dict of tensors: rpn_class_logits [B, A, 2], rpn_bbox [B, A, 4], rpn_rois [B, P, 4],
-            rois [B, T, 4], target_class_ids [B, T], target_bbox [B, T, 4], target_mask
-            [B, T, 28, 28], roi_valid [B, T], mrcnn_class_logits [B, T, C], mrcnn_bbox
-            [B, T, C, 4], mrcnn_mask_logits [B, T, 28, 28, C].
+            rois [B, T, 4], target_class_ids [B, T], target_bbox [B, T, 4], roi_valid [B, T],
+            mrcnn_class_logits [B, T, C], mrcnn_bbox [B, T, C, 4]; and for the first
+            M = `max_positive_rois(config)` ROIs (where all positives are): target_mask [B, M, 28, 28],
+            mask_class_ids [B, M], mrcnn_mask_logits [B, M, 28, 28, C].
         """
         missing = [key for key in TRAINING_INPUTS if key not in batch]
         if missing:
@@ -168,7 +169,11 @@ class MaskRCNN(keras.Model):
             deterministic=deterministic,
         )
         class_logits, bbox = self._heads(rois, image_hw, feature_maps, training)
-        mask_logits = self._mask_logits(rois, image_hw, feature_maps, training)
+        # Positives come first and number at most M = `mask_slots`, and the mask loss reads only
+        # positives: running the mask head on that slice gives matterport's loss and gradients
+        # (it runs the head on all T ROIs) for a third of the work.
+        mask_slots = max_positive_rois(self.config)
+        mask_logits = self._mask_logits(rois[:, :mask_slots], image_hw, feature_maps, training)
         return {
             "rpn_class_logits": rpn_class_logits,
             "rpn_bbox": rpn_bbox,
@@ -176,7 +181,8 @@ class MaskRCNN(keras.Model):
             "rois": rois,
             "target_class_ids": target_class_ids,
             "target_bbox": target_bbox,
-            "target_mask": target_mask,
+            "target_mask": target_mask[:, :mask_slots],
+            "mask_class_ids": target_class_ids[:, :mask_slots],
             "roi_valid": roi_valid,
             "mrcnn_class_logits": class_logits,
             "mrcnn_bbox": bbox,
@@ -195,7 +201,7 @@ class MaskRCNN(keras.Model):
             ),
             "mrcnn_bbox_loss": L.mrcnn_bbox_loss(out["target_bbox"], out["target_class_ids"], out["mrcnn_bbox"]),
             "mrcnn_mask_loss": L.mrcnn_mask_loss(
-                out["target_mask"], out["target_class_ids"], out["mrcnn_mask_logits"]
+                out["target_mask"], out["mask_class_ids"], out["mrcnn_mask_logits"]
             ),
         }
 

@@ -7,6 +7,8 @@ import tensorflow as tf
 
 from bookseg.mrcnn.anchors import anchors_for
 from bookseg.mrcnn.boxes import norm_boxes
+from bookseg.mrcnn.detection_targets import max_positive_rois
+from bookseg.mrcnn import losses as L
 from bookseg.mrcnn.images import parse_image_meta
 from bookseg.mrcnn.model import TRAINING_INPUTS, MaskRCNN
 
@@ -33,6 +35,7 @@ def test_training_graph_output_shapes(tiny_model):
     out = tiny_model.training_outputs(batch)
     n_anchors = len(anchors_for(config, (64, 64)))
     t, c = config.train_rois_per_image, config.num_classes
+    m = max_positive_rois(config)
     expected = {
         "rpn_class_logits": (2, n_anchors, 2),
         "rpn_bbox": (2, n_anchors, 4),
@@ -40,11 +43,12 @@ def test_training_graph_output_shapes(tiny_model):
         "rois": (2, t, 4),
         "target_class_ids": (2, t),
         "target_bbox": (2, t, 4),
-        "target_mask": (2, t, 28, 28),
+        "target_mask": (2, m, 28, 28),
+        "mask_class_ids": (2, m),
         "roi_valid": (2, t),
         "mrcnn_class_logits": (2, t, c),
         "mrcnn_bbox": (2, t, c, 4),
-        "mrcnn_mask_logits": (2, t, 28, 28, c),
+        "mrcnn_mask_logits": (2, m, 28, 28, c),
     }
     assert {k: tuple(v.shape) for k, v in out.items()} == expected
     # Targets are well formed whatever the (untrained) RPN proposes: class ids in {0, 1}, binary masks.
@@ -65,6 +69,47 @@ def test_inference_graph_output_shapes(tiny_model):
     assert tuple(out["mrcnn_bbox"].shape) == (2, p, c, 4)
     masks = out["mrcnn_mask"].numpy()
     assert masks.min() >= 0.0 and masks.max() <= 1.0
+
+
+def test_mask_head_on_positive_slots_gives_matterports_mask_loss():
+    """The mask head runs on the first M ROI slots only; matterport runs it on all T. Same loss and
+    same gradients, because every positive ROI sits in those slots."""
+    config = tiny_config(train_rois_per_image=30)
+    model = MaskRCNN(config)
+    batch = _batch(config)
+    m = max_positive_rois(config)
+    # Proposals: every GT box shifted a little 4 ways (all positive, more than M), then random boxes.
+    gt = norm_boxes(batch["input_gt_boxes"].numpy(), (64, 64))
+    rng = np.random.default_rng(0)
+    proposals = np.zeros((2, config.post_nms_rois_training, 4), np.float32)
+    for row in range(2):
+        real = gt[row][batch["input_gt_class_ids"].numpy()[row] > 0]
+        shifted = np.concatenate([real + d for d in (0.0, 0.01, -0.01, 0.02)])
+        corners = np.sort(rng.uniform(0, 1, (40, 2, 2)), axis=1).reshape(40, 4)[:, [0, 2, 1, 3]]
+        boxes = np.concatenate([shifted, corners])
+        proposals[row, : len(boxes)] = boxes
+    model.proposal_layer = lambda *args, **kwargs: tf.constant(proposals)
+
+    def losses_both_ways():
+        out = model.training_outputs(batch, deterministic=True)
+        sliced = L.mrcnn_mask_loss(out["target_mask"], out["mask_class_ids"], out["mrcnn_mask_logits"])
+        rois, ids, _, target_mask, _ = model.detection_target_layer(
+            out["rpn_rois"], batch["input_gt_class_ids"],
+            tf.constant(norm_boxes(batch["input_gt_boxes"].numpy(), (64, 64))),
+            tf.cast(batch["input_gt_masks"], tf.float32), deterministic=True,
+        )
+        features = model._features(tf.cast(batch["input_image"], tf.float32), False)
+        full = L.mrcnn_mask_loss(target_mask, ids, model._mask_logits(rois, tf.constant([64.0, 64.0]), features, False))
+        return sliced, full, ids.numpy()
+
+    with tf.GradientTape(persistent=True) as tape:
+        sliced, full, ids = losses_both_ways()
+    assert ((ids > 0).sum(axis=1) == m).all(), "more positives than M were offered: the cap is full"
+    assert (ids[:, m:] == 0).all()
+    np.testing.assert_allclose(float(sliced), float(full), rtol=1e-5)
+    weights = model.mask_head.trainable_weights
+    for g_sliced, g_full in zip(tape.gradient(sliced, weights), tape.gradient(full, weights)):
+        np.testing.assert_allclose(g_sliced.numpy(), g_full.numpy(), rtol=1e-4, atol=1e-7)
 
 
 def test_image_without_books_trains_as_negative(tiny_model):
