@@ -80,6 +80,10 @@ def base_parser(description: str, *, default_steps: int, default_warmup: int) ->
     parser.add_argument("--images", type=int, default=None,
                         help="synthetic images generated (default: enough for warm-up + steps, at least 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic images and the model init")
+    parser.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32",
+                        help="MrcnnConfig.precision: Keras dtype policy of the layers")
+    parser.add_argument("--rpn-conv-channels", type=int, default=512,
+                        help="width of rpn_conv_shared: 512 as matterport (default), 256 as torchvision")
     parser.add_argument("--no-flops", action="store_true",
                         help="skip counting bookseg's graph FLOPs with the TF profiler (saves a trace)")
     parser.set_defaults(default_steps=default_steps, default_warmup=default_warmup)
@@ -96,12 +100,14 @@ def resolve_counts(args) -> None:
         raise SystemExit(f"--warmup must be >= 0 and --steps >= 1 (got {args.warmup}, {args.steps})")
 
 
-def workload_config(size: int = 512, *, quick: bool = False):
-    """The `MrcnnConfig` of BENCH-<size> (or the tiny smoke-test model at 128 px with `quick`)."""
+def workload_config(args):
+    """The `MrcnnConfig` of BENCH-<args.size> (or the tiny smoke-test model at 128 px with --quick),
+    with `args.precision`; `args.rpn_conv_channels` applies to the ResNet-50 workload only."""
     from bookseg.mrcnn.config import MrcnnConfig
 
-    if quick:
+    if args.quick:
         return MrcnnConfig(
+            precision=args.precision,
             backbone="tiny", tiny_channels=(8, 16, 32, 64), image_min_dim=128, image_max_dim=128,
             top_down_pyramid_size=32, fpn_classif_fc_layers_size=64, rpn_conv_channels=32,
             mask_head_channels=16, num_classes=2, images_per_batch=2, rpn_train_anchors_per_image=64,
@@ -111,10 +117,12 @@ def workload_config(size: int = 512, *, quick: bool = False):
         )
     return MrcnnConfig(
         backbone="resnet50",
+        precision=args.precision,
+        rpn_conv_channels=args.rpn_conv_channels,
         num_classes=2,
         image_resize_mode="square",
-        image_min_dim=size,
-        image_max_dim=size,
+        image_min_dim=args.size,
+        image_max_dim=args.size,
         images_per_batch=2,
         rpn_train_anchors_per_image=256,
         post_nms_rois_training=2000,
@@ -139,7 +147,7 @@ def print_settings(title: str, settings: dict) -> None:
 def config_settings(config) -> dict:
     """The workload fields of an `MrcnnConfig` worth printing."""
     names = (
-        "backbone", "image_max_dim", "num_classes", "images_per_batch", "rpn_train_anchors_per_image",
+        "backbone", "precision", "rpn_conv_channels", "image_max_dim", "num_classes", "images_per_batch", "rpn_train_anchors_per_image",
         "pre_nms_limit", "post_nms_rois_training", "post_nms_rois_inference", "train_rois_per_image",
         "detection_max_instances", "detection_min_confidence", "train_bn", "mask_shape", "mini_mask_shape",
     )
@@ -318,7 +326,7 @@ def count_graph_gflops(function, *args) -> float | None:
 
 
 def report_gflops_rate(name: str, seconds_per_unit: float, counted: float | None, reference: float | None,
-                       unit: str) -> None:
+                       unit: str, counted_by: str = "bookseg graph, tf.compat.v1.profiler, lower bound") -> None:
     """Print achieved GFLOP/s against the reference count (None: not applicable, e.g. --quick) and,
     when available, against the counted one."""
     if reference is None:
@@ -331,6 +339,6 @@ def report_gflops_rate(name: str, seconds_per_unit: float, counted: float | None
                      "reference work / measured time")
     if counted is not None:
         print_figure(f"{name}_counted_gflops", counted, f"GFLOPs per {unit}",
-                     "bookseg graph, tf.compat.v1.profiler, lower bound")
+                     counted_by)
         print_figure(f"{name}_gflops_per_s_counted", counted / seconds_per_unit, "GFLOP/s",
                      "counted work / measured time")

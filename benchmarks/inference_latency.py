@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     from bookseg.mrcnn.images import mold_inputs
     from bookseg.mrcnn.model import MaskRCNN
 
-    config = common.workload_config(args.size, quick=args.quick)
+    config = common.workload_config(args)
     side = common.image_side(args)
     n_images = args.images or max(4, min(args.steps, 8))
     data = common.synthetic_set(n_images, side, seed=args.seed)

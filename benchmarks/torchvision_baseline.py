@@ -154,7 +154,8 @@ def measure_inference(torch, model, data, args) -> None:
     common.print_figure("detect_ms_per_image_median", 1000 * watch.median, "ms")
     common.print_figure("detections_per_image_mean", statistics.fmean(counts), "boxes")
     reference = None if args.quick else common.reference_gflops("inference_per_image", common.image_side(args))
-    common.report_gflops_rate("detect", watch.mean, counted, reference, "image")
+    common.report_gflops_rate("detect", watch.mean, counted, reference, "image",
+                              counted_by="torchvision model, torch.utils.flop_counter")
 
 
 def main(argv=None) -> None:

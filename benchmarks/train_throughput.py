@@ -69,7 +69,7 @@ def main(argv=None) -> None:
 
     from bookseg.mrcnn.inputs import make_dataset
 
-    config = common.workload_config(args.size, quick=args.quick)
+    config = common.workload_config(args)
     side = common.image_side(args)
     batch_size = int(config.images_per_batch)
     n_images = args.images or max(8, batch_size * 2)

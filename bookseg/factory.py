@@ -17,6 +17,7 @@ def mrcnn_config(cfg: DictConfig, num_classes: int) -> MrcnnConfig:
         backbone=m.backbone,
         tiny_channels=tuple(m.tiny_channels),
         train_bn=m.train_bn,
+        precision=m.precision,
         num_classes=num_classes,
         top_down_pyramid_size=m.top_down_pyramid_size,
         fpn_classif_fc_layers_size=m.fpn_classif_fc_layers_size,

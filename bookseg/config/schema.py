@@ -49,6 +49,7 @@ class ModelConfig:
     rpn_conv_channels: int = 512
     mask_head_channels: int = 256
     train_bn: Optional[bool] = False  # False: frozen BN, as matterport
+    precision: str = "float32"  # float32 | mixed_bfloat16 (bf16 compute, float32 weights and outputs)
     images_per_batch: int = 2
     rpn_train_anchors_per_image: int = 256
     rpn_nms_threshold: float = 0.7

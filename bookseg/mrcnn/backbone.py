@@ -16,7 +16,7 @@ Inputs are molded images: float32 [B, H, W, 3], RGB minus the mean pixel, H and 
 
 from __future__ import annotations
 
-from keras import layers
+from keras import layers, ops
 
 BN_EPSILON = 1e-3  # Keras' default, what matterport's weights were trained with
 
@@ -42,7 +42,14 @@ class BatchNorm(layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if self.train_bn is not None:
             training = self.train_bn
-        return super().call(inputs, training=training, mask=mask)
+        if (training and self.trainable) or mask is not None or self.axis not in (-1, len(inputs.shape) - 1):
+            return super().call(inputs, training=training, mask=mask)
+        # Moving statistics: one multiply-add with per-channel factors computed in float32 and
+        # applied in the compute dtype. (Keras casts the whole activation to float32 and back,
+        # which under mixed bfloat16 costs more than the convolutions gain.)
+        scale = self.gamma * ops.rsqrt(self.moving_variance + self.epsilon)
+        shift = self.beta - self.moving_mean * scale
+        return inputs * ops.cast(scale, inputs.dtype) + ops.cast(shift, inputs.dtype)
 
     def get_config(self):
         return {**super().get_config(), "train_bn": self.train_bn}

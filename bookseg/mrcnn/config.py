@@ -23,6 +23,9 @@ class MrcnnConfig:
     tiny_channels: tuple[int, ...] = (16, 32, 64, 128)  # stage widths of the tiny backbone (C2..C5)
     train_bn: bool | None = False  # False: frozen BN (inference mode); True: batch stats; None: follow `training`
     num_classes: int = 2  # including background
+    # Keras dtype policy of the layers: "float32", or "mixed_bfloat16" (bfloat16 compute, float32
+    # variables; the output layers, ROI pooling and all box maths stay float32). See docs/performance.md.
+    precision: str = "float32"
 
     # --- anchors and RPN ------------------------------------------------------------------------
     rpn_anchor_scales: tuple[float, ...] = (32, 64, 128, 256, 512)  # one square side (px) per level
@@ -84,7 +87,7 @@ class MrcnnConfig:
         """matterport layout: id(1) + original shape(3) + image shape(3) + window(4) + scale(1) + classes."""
         return 1 + 3 + 3 + 4 + 1 + self.num_classes
 
-    def replace(self, **changes) -> "MrcnnConfig":
+    def replace(self, **changes) -> MrcnnConfig:
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -110,6 +113,8 @@ class MrcnnConfig:
             raise ValueError(f"unknown backbone {self.backbone!r}: use resnet50, resnet101 or tiny")
         if self.num_classes < 2:
             raise ValueError("num_classes counts the background too, so it must be >= 2")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}: use {' or '.join(PRECISIONS)}")
         if self.weight_decay_mode not in ("matterport", "l2"):
             raise ValueError(f"unknown weight_decay_mode {self.weight_decay_mode!r}: use matterport or l2")
         missing = set(LOSS_NAMES) - set(self.loss_weights)
@@ -117,4 +122,5 @@ class MrcnnConfig:
             raise ValueError(f"loss_weights lacks {sorted(missing)}")
 
 
+PRECISIONS = ("float32", "mixed_bfloat16")
 LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss")

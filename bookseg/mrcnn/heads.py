@@ -9,6 +9,9 @@ names and weight shapes (`mrcnn_class_conv1` is a 7x7 "valid" Conv2D, the "fc" l
 Both heads return logits; the sigmoid / softmax is applied by the caller, so the losses can use
 the numerically stable from-logits cross-entropies (matterport computes the mask BCE on clipped
 sigmoid probabilities; the value is the same away from saturation).
+
+The output layers are float32 under any dtype policy (`config.precision`), so logits and deltas
+always are; the hidden layers follow the policy.
 """
 
 from __future__ import annotations
@@ -39,9 +42,9 @@ def build_classifier_head(config) -> keras.Model:
     x = BatchNorm(train_bn=config.train_bn, name="mrcnn_class_bn2")(x)
     x = layers.Activation("relu")(x)
     shared = layers.Reshape((width,), name="pool_squeeze")(x)
-    class_logits = layers.Dense(num_classes, name="mrcnn_class_logits")(shared)
-    bbox = layers.Dense(num_classes * 4, name="mrcnn_bbox_fc")(shared)
-    bbox = layers.Reshape((num_classes, 4), name="mrcnn_bbox")(bbox)
+    class_logits = layers.Dense(num_classes, name="mrcnn_class_logits", dtype="float32")(shared)
+    bbox = layers.Dense(num_classes * 4, name="mrcnn_bbox_fc", dtype="float32")(shared)
+    bbox = layers.Reshape((num_classes, 4), name="mrcnn_bbox", dtype="float32")(bbox)
     return keras.Model(pooled, [class_logits, bbox], name="fpn_classifier")
 
 
@@ -60,7 +63,7 @@ def build_mask_head(config) -> keras.Model:
         x = BatchNorm(train_bn=config.train_bn, name=f"mrcnn_mask_bn{i}")(x)
         x = layers.Activation("relu")(x)
     x = layers.Conv2DTranspose(width, 2, strides=2, activation="relu", name="mrcnn_mask_deconv")(x)
-    mask_logits = layers.Conv2D(config.num_classes, 1, name="mrcnn_mask")(x)
+    mask_logits = layers.Conv2D(config.num_classes, 1, name="mrcnn_mask", dtype="float32")(x)
     return keras.Model(pooled, mask_logits, name="fpn_mask")
 
 

@@ -16,6 +16,8 @@ then stops training with a clear error.
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -39,6 +41,18 @@ TRAINING_INPUTS = (
 LOG_NAMES = ("loss", *LOSS_NAMES, "l2_loss")
 # The image size must survive 5 halvings (P6) and the FPN's x2 upsamplings exactly.
 SIZE_MULTIPLE = 64
+
+
+@contextlib.contextmanager
+def layer_dtype_policy(name: str):
+    """Layers created inside take the Keras dtype policy `name` ("float32", "mixed_bfloat16");
+    the global policy is restored after."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def build_backbone_fpn(config: MrcnnConfig) -> keras.Model:
@@ -100,13 +114,14 @@ class MaskRCNN(keras.Model):
         super().__init__(name=name, **kwargs)
         config.validate()
         self.config = config
-        self.backbone_fpn = build_backbone_fpn(config)
-        self.rpn_model = build_rpn_model(
-            config.rpn_anchor_stride, len(config.rpn_anchor_ratios), config.top_down_pyramid_size,
-            config.rpn_conv_channels,
-        )
-        self.classifier_head = build_classifier_head(config)
-        self.mask_head = build_mask_head(config)
+        with layer_dtype_policy(config.precision):
+            self.backbone_fpn = build_backbone_fpn(config)
+            self.rpn_model = build_rpn_model(
+                config.rpn_anchor_stride, len(config.rpn_anchor_ratios), config.top_down_pyramid_size,
+                config.rpn_conv_channels,
+            )
+            self.classifier_head = build_classifier_head(config)
+            self.mask_head = build_mask_head(config)
         self.proposal_layer = ProposalLayer(config)
         self.detection_target_layer = DetectionTargetLayer(config)
         self.roi_align_classifier = PyramidROIAlign((config.pool_size, config.pool_size), "roi_align_classifier")

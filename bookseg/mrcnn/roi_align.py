@@ -39,7 +39,7 @@ def pyramid_roi_align(boxes, image_hw, feature_maps, pool_shape):
     Args:
         boxes: float32 [B, N, 4] normalised (y1, x1, y2, x2), may contain zero padding rows.
         image_hw: float32 [2] molded image (height, width).
-        feature_maps: [P2, P3, P4, P5], each float32 [B, h_l, w_l, C].
+        feature_maps: [P2, P3, P4, P5], each float32 or bfloat16 [B, h_l, w_l, C].
         pool_shape: (ph, pw), e.g. (7, 7) for the classifier, (14, 14) for the mask head.
 
     Returns:
@@ -52,8 +52,8 @@ def pyramid_roi_align(boxes, image_hw, feature_maps, pool_shape):
         position = tf.where(tf.equal(levels, level))  # int64 [n, 2] (image, box)
         level_boxes = tf.gather_nd(boxes, position)
         pooled.append(
-            tf.image.crop_and_resize(
-                feature_map, level_boxes, tf.cast(position[:, 0], tf.int32), pool_shape, method="bilinear"
+            tf.image.crop_and_resize(  # takes no bfloat16: mixed-precision maps are cast up here
+                tf.cast(feature_map, tf.float32), level_boxes, tf.cast(position[:, 0], tf.int32), pool_shape, method="bilinear"
             )
         )
         positions.append(position)

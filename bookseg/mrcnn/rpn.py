@@ -27,15 +27,17 @@ def build_rpn_model(anchor_stride: int, anchors_per_location: int, depth: int, c
         `config.rpn_bbox_std_dev`.
         Rows are ordered (row, col, anchor), the order of `bookseg.mrcnn.anchors`.
     """
+    # The 1x1 output convs, reshapes and softmax are float32 under any dtype policy (scores feed
+    # top-k and NMS, deltas feed box maths); only the shared 3x3 conv follows the policy.
     feature_map = keras.Input(shape=(None, None, depth), name="input_rpn_feature_map")
     shared = layers.Conv2D(
         conv_channels, 3, padding="same", activation="relu", strides=anchor_stride, name="rpn_conv_shared"
     )(feature_map)
-    x = layers.Conv2D(2 * anchors_per_location, 1, name="rpn_class_raw")(shared)
-    rpn_class_logits = layers.Reshape((-1, 2), name="rpn_class_logits_reshape")(x)
-    rpn_probs = layers.Activation("softmax", name="rpn_class_xxx")(rpn_class_logits)
-    x = layers.Conv2D(4 * anchors_per_location, 1, name="rpn_bbox_pred")(shared)
-    rpn_bbox = layers.Reshape((-1, 4), name="rpn_bbox_reshape")(x)
+    x = layers.Conv2D(2 * anchors_per_location, 1, name="rpn_class_raw", dtype="float32")(shared)
+    rpn_class_logits = layers.Reshape((-1, 2), name="rpn_class_logits_reshape", dtype="float32")(x)
+    rpn_probs = layers.Activation("softmax", name="rpn_class_xxx", dtype="float32")(rpn_class_logits)
+    x = layers.Conv2D(4 * anchors_per_location, 1, name="rpn_bbox_pred", dtype="float32")(shared)
+    rpn_bbox = layers.Reshape((-1, 4), name="rpn_bbox_reshape", dtype="float32")(x)
     return keras.Model(feature_map, [rpn_class_logits, rpn_probs, rpn_bbox], name="rpn_model")
 
 

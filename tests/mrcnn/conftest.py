@@ -7,6 +7,8 @@ without the tf.data pipeline.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 
@@ -117,3 +119,76 @@ def shelf_scene(shape=(64, 64), boxes=((8, 6, 56, 18), (10, 24, 58, 34), (6, 40,
     for i in range(masks.shape[-1]):
         image[masks[:, :, i]] = rng.integers(90, 255, size=3)
     return image, masks
+
+
+# ---------------------------------------------------------------------------------- overfit run
+@dataclass
+class OverfitRun:
+    """A tiny model trained to overfit 4 synthetic shelves (96 x 128 photos) and what it saw."""
+
+    model: object
+    images: list  # uint8 [96, 128, 3]
+    gt_masks: list  # bool [96, 128, N]
+    logs: list  # per-epoch logs of train_stages
+
+
+def _shelf_records(folder, n_images, image_hw):
+    """`n_images` synthetic shelves with a few upright books, written as PNG + in-memory records."""
+    import cv2
+
+    from bookseg.data.records import ImageRecord, Instance
+    from bookseg.data.synthetic import ShelfStyle, render_shelf
+
+    style = ShelfStyle(books_per_image=(3, 6), empty_rate=0.0, rows=(1,), stack_rate=0.0, object_rate=0.0,
+                       front_book_rate=0.0, tilt_rate=0.0)
+    rng = np.random.default_rng(0)
+    records, images, gt_masks = [], [], []
+    for i in range(n_images):
+        shelf = render_shelf(rng, image_hw, style)
+        path = folder / f"shelf_{i}.png"
+        cv2.imwrite(str(path), shelf.image[:, :, ::-1])
+        records.append(ImageRecord(
+            image_id=path.name, path=path, width=image_hw[1], height=image_hw[0],
+            instances=[Instance("book", mask=m, region=f"book {k}") for k, m in enumerate(shelf.masks)],
+            group=path.stem, source="test",
+        ))
+        images.append(shelf.image)
+        gt_masks.append(np.stack(shelf.masks, axis=-1))
+    return records, images, gt_masks
+
+
+@pytest.fixture(scope="session")
+def overfit_run(tmp_path_factory) -> OverfitRun:
+    """Train once per session (about a minute on 2 cores); shared by the overfit and precision tests."""
+    import keras
+
+    from bookseg.mrcnn.inputs import make_dataset
+    from bookseg.mrcnn.model import MaskRCNN
+    from bookseg.mrcnn.training import OptimizerSpec, Stage, train_stages
+
+    keras.utils.set_random_seed(0)
+    config = tiny_config(
+        image_min_dim=96, image_max_dim=128, tiny_channels=(16, 32, 64, 128), top_down_pyramid_size=64,
+        rpn_conv_channels=64, fpn_classif_fc_layers_size=128, mask_head_channels=32,
+        rpn_anchor_scales=(16, 32, 64, 128, 256), rpn_anchor_ratios=(0.25, 0.5, 1.0),
+        train_rois_per_image=64, post_nms_rois_training=200, post_nms_rois_inference=100, max_gt_instances=16,
+        detection_min_confidence=0.5, detection_max_instances=20, images_per_batch=2,
+    )
+    records, images, gt_masks = _shelf_records(tmp_path_factory.mktemp("overfit"), 4, (96, 128))
+    data = make_dataset(records, config, ["book"], seed=0)
+    model = MaskRCNN(config)
+    logs = train_stages(model, data, None, [Stage("all", 6, 2e-3)], OptimizerSpec(name="adamw", adamw_weight_decay=0.0),
+                        steps_per_epoch=25, validation_steps=None, verbose=0)
+    return OverfitRun(model, images, gt_masks, logs)
+
+
+def mask_aps(results, gt_masks, iou_threshold=0.5) -> list[float]:
+    """matterport mask AP per image of `detect` results against bool [H, W, N] GT masks (class 1)."""
+    from bookseg.evaluation.matterport_ap import compute_ap
+
+    aps = []
+    for result, masks in zip(results, gt_masks):
+        ap, *_ = compute_ap(boxes_of(masks), np.ones(masks.shape[-1], int), masks, result["rois"],
+                            result["class_ids"], result["scores"], result["masks"], iou_threshold=iou_threshold)
+        aps.append(ap)
+    return aps

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from bookseg.mrcnn import losses as L
 from bookseg.mrcnn.anchors import anchors_for
 from bookseg.mrcnn.boxes import norm_boxes
 from bookseg.mrcnn.detection_targets import max_positive_rois
-from bookseg.mrcnn import losses as L
 from bookseg.mrcnn.images import parse_image_meta
 from bookseg.mrcnn.model import TRAINING_INPUTS, MaskRCNN
 

@@ -18,7 +18,7 @@ from bookseg.mrcnn.training import (
     train_stages,
 )
 
-from .conftest import make_batch, shelf_scene, tiny_config
+from .conftest import make_batch, mask_aps, shelf_scene, tiny_config
 
 # Trainable tensors (kernels + biases, BN gamma + beta) counted from the architecture:
 # heads = FPN 8 convs (16) + rpn_model 3 convs (6) + classifier conv1, bn1, conv2, bn2, 2 dense (12)
@@ -185,61 +185,15 @@ def test_non_finite_loss_stops_training_without_touching_weights(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- overfit
-def _shelf_records(tmp_path, n_images, image_hw):
-    """`n_images` synthetic shelves with a few upright books, written as PNG + in-memory records."""
-    import cv2
+def test_overfit_tiny_model_on_synthetic_shelves(overfit_run):
+    """The whole model learns: input pipeline, targets, five losses, AdamW, detect, unmolding.
 
-    from bookseg.data.records import ImageRecord, Instance
-    from bookseg.data.synthetic import ShelfStyle, render_shelf
-
-    style = ShelfStyle(books_per_image=(3, 6), empty_rate=0.0, rows=(1,), stack_rate=0.0, object_rate=0.0,
-                       front_book_rate=0.0, tilt_rate=0.0)
-    rng = np.random.default_rng(0)
-    records, images, gt_masks = [], [], []
-    for i in range(n_images):
-        shelf = render_shelf(rng, image_hw, style)
-        path = tmp_path / f"shelf_{i}.png"
-        cv2.imwrite(str(path), shelf.image[:, :, ::-1])
-        records.append(ImageRecord(
-            image_id=path.name, path=path, width=image_hw[1], height=image_hw[0],
-            instances=[Instance("book", mask=m, region=f"book {k}") for k, m in enumerate(shelf.masks)],
-            group=path.stem, source="test",
-        ))
-        images.append(shelf.image)
-        gt_masks.append(np.stack(shelf.masks, axis=-1))
-    return records, images, gt_masks
-
-
-def test_overfit_tiny_model_on_synthetic_shelves(tmp_path):
-    """The whole model learns: input pipeline, targets, five losses, AdamW, detect, unmolding."""
-    from bookseg.evaluation.matterport_ap import compute_ap
-    from bookseg.mrcnn.inputs import make_dataset
-
-    keras.utils.set_random_seed(0)
-    # Non-square photos (96 x 128), molded to 128 x 128 with padding: AP is computed in original
-    # pixels, so it also checks that `detect` maps boxes and masks back through the window.
-    config = tiny_config(
-        image_min_dim=96, image_max_dim=128, tiny_channels=(16, 32, 64, 128), top_down_pyramid_size=64,
-        rpn_conv_channels=64, fpn_classif_fc_layers_size=128, mask_head_channels=32,
-        rpn_anchor_scales=(16, 32, 64, 128, 256), rpn_anchor_ratios=(0.25, 0.5, 1.0),
-        train_rois_per_image=64, post_nms_rois_training=200, post_nms_rois_inference=100, max_gt_instances=16,
-        detection_min_confidence=0.5, detection_max_instances=20, images_per_batch=2,
-    )
-    records, images, gt_masks = _shelf_records(tmp_path, 4, (96, 128))
-    data = make_dataset(records, config, ["book"], seed=0)
-    model = MaskRCNN(config)
-    logs = train_stages(model, data, None, [Stage("all", 6, 2e-3)], OptimizerSpec(name="adamw", adamw_weight_decay=0.0),
-                        steps_per_epoch=25, validation_steps=None, verbose=0)
+    The photos are non-square (96 x 128), molded to 128 x 128 with padding: AP is computed in
+    original pixels, so this also checks that `detect` maps boxes and masks back through the window.
+    """
+    logs = overfit_run.logs
     assert logs[-1]["loss"] < 0.5 * logs[0]["loss"]
-
-    results = model.detect(images)
-    aps = []
-    for result, masks in zip(results, gt_masks):
-        assert result["masks"].shape[:2] == (96, 128)
-        boxes = np.array([[np.flatnonzero(m.any(1))[0], np.flatnonzero(m.any(0))[0],
-                           np.flatnonzero(m.any(1))[-1] + 1, np.flatnonzero(m.any(0))[-1] + 1]
-                          for m in np.moveaxis(masks, -1, 0)])
-        ap, *_ = compute_ap(boxes, np.ones(len(boxes), int), masks, result["rois"], result["class_ids"],
-                            result["scores"], result["masks"], iou_threshold=0.5)
-        aps.append(ap)
+    results = overfit_run.model.detect(overfit_run.images)
+    assert all(result["masks"].shape[:2] == (96, 128) for result in results)
+    aps = mask_aps(results, overfit_run.gt_masks)
     assert np.mean(aps) >= 0.9, f"mask AP@0.5 per image {np.round(aps, 3)}, last losses {logs[-1]}"
