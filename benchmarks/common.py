@@ -66,8 +66,10 @@ def reference_is_exact(gflops: float) -> bool:
 
 
 # --------------------------------------------------------------------------- arguments and settings
-def base_parser(description: str, *, default_steps: int, default_warmup: int) -> argparse.ArgumentParser:
-    """Arguments every script shares: --size, --quick, --warmup, --steps, --images, --seed, --no-flops."""
+def base_parser(description: str, *, default_steps: int, default_warmup: int,
+                bookseg_model: bool = True) -> argparse.ArgumentParser:
+    """Arguments every script shares: --size, --quick, --warmup, --steps, --images, --seed, --no-flops,
+    and with `bookseg_model` the bookseg model options --precision and --rpn-conv-channels."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--size", type=int, choices=(512, 1024), default=512,
                         help="image side in px: BENCH-512 (default) or BENCH-1024")
@@ -80,12 +82,13 @@ def base_parser(description: str, *, default_steps: int, default_warmup: int) ->
     parser.add_argument("--images", type=int, default=None,
                         help="synthetic images generated (default: enough for warm-up + steps, at least 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic images and the model init")
-    parser.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32",
-                        help="MrcnnConfig.precision: Keras dtype policy of the layers")
-    parser.add_argument("--rpn-conv-channels", type=int, default=512,
-                        help="width of rpn_conv_shared: 512 as matterport (default), 256 as torchvision")
     parser.add_argument("--no-flops", action="store_true",
                         help="skip counting bookseg's graph FLOPs with the TF profiler (saves a trace)")
+    if bookseg_model:
+        parser.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32",
+                            help="MrcnnConfig.precision: Keras dtype policy of the layers")
+        parser.add_argument("--rpn-conv-channels", type=int, default=512,
+                            help="width of rpn_conv_shared: 512 as matterport (default), 256 as torchvision")
     parser.set_defaults(default_steps=default_steps, default_warmup=default_warmup)
     return parser
 
@@ -100,14 +103,15 @@ def resolve_counts(args) -> None:
         raise SystemExit(f"--warmup must be >= 0 and --steps >= 1 (got {args.warmup}, {args.steps})")
 
 
-def workload_config(args):
-    """The `MrcnnConfig` of BENCH-<args.size> (or the tiny smoke-test model at 128 px with --quick),
-    with `args.precision`; `args.rpn_conv_channels` applies to the ResNet-50 workload only."""
+def workload_config(size: int = 512, *, quick: bool = False, precision: str = "float32",
+                    rpn_conv_channels: int = 512):
+    """The `MrcnnConfig` of BENCH-<size> (or the tiny smoke-test model at 128 px with `quick`);
+    `rpn_conv_channels` applies to the ResNet-50 workload only."""
     from bookseg.mrcnn.config import MrcnnConfig
 
-    if args.quick:
+    if quick:
         return MrcnnConfig(
-            precision=args.precision,
+            precision=precision,
             backbone="tiny", tiny_channels=(8, 16, 32, 64), image_min_dim=128, image_max_dim=128,
             top_down_pyramid_size=32, fpn_classif_fc_layers_size=64, rpn_conv_channels=32,
             mask_head_channels=16, num_classes=2, images_per_batch=2, rpn_train_anchors_per_image=64,
@@ -117,12 +121,12 @@ def workload_config(args):
         )
     return MrcnnConfig(
         backbone="resnet50",
-        precision=args.precision,
-        rpn_conv_channels=args.rpn_conv_channels,
+        precision=precision,
+        rpn_conv_channels=rpn_conv_channels,
         num_classes=2,
         image_resize_mode="square",
-        image_min_dim=args.size,
-        image_max_dim=args.size,
+        image_min_dim=size,
+        image_max_dim=size,
         images_per_batch=2,
         rpn_train_anchors_per_image=256,
         post_nms_rois_training=2000,
@@ -131,6 +135,12 @@ def workload_config(args):
         detection_max_instances=100,
         detection_min_confidence=0.0,
     )
+
+
+def workload_config_of(args):
+    """`workload_config` for a script's parsed arguments."""
+    return workload_config(args.size, quick=args.quick, precision=args.precision,
+                           rpn_conv_channels=args.rpn_conv_channels)
 
 
 def image_side(args) -> int:

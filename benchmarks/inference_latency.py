@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     from bookseg.mrcnn.images import mold_inputs
     from bookseg.mrcnn.model import MaskRCNN
 
-    config = common.workload_config(args)
+    config = common.workload_config_of(args)
     side = common.image_side(args)
     n_images = args.images or max(4, min(args.steps, 8))
     data = common.synthetic_set(n_images, side, seed=args.seed)
@@ -109,6 +109,8 @@ def main(argv=None) -> None:
     common.print_figure("postprocess_share", max(0.0, 1.0 - graph.mean / detect.mean), "",
                         "1 - graph / detect: molding, copies and mask pasting in Python")
     common.print_figure("detections_per_image_mean", statistics.fmean(counts), "boxes")
+    common.print_figure("graph_traces", run.experimental_get_tracing_count(), "",
+                        "graph traces over all detect and graph calls; 1 = never retraced")
     common.print_figure("rss_before_timing_mib", rss_before, "MiB")
     common.print_figure("peak_rss_mib", common.peak_rss_mib(), "MiB", "getrusage ru_maxrss, whole process")
 

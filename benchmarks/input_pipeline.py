@@ -99,7 +99,7 @@ def dataset_rate(records, config, class_names, augment, warmup: int, steps: int,
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    config = common.workload_config(args)
+    config = common.workload_config_of(args)
     side = common.image_side(args)
     n_images = args.images or 8
     data = common.synthetic_set(n_images, side, seed=args.seed)

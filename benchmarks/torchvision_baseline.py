@@ -1,9 +1,11 @@
 """The PyTorch baseline of issue #6: torchvision's Mask R-CNN R50-FPN on the same workload.
 
-    pip install torch==2.14.1 torchvision==0.29.1      # from this machine's local files (machine notes)
-    python benchmarks/torchvision_baseline.py --what train        # training images/s, input wait, peak RSS
-    python benchmarks/torchvision_baseline.py --what inference    # ms per image, peak RSS
-    python benchmarks/torchvision_baseline.py --quick             # 128 px, 2 steps: smoke test only
+    # in a separate venv (torch is not a bookseg dependency); the script imports bookseg's data code
+    python -m venv /tmp/tv && /tmp/tv/bin/pip install torch==2.14.1 torchvision==0.29.1 \
+        numpy pillow opencv-python-headless pycocotools pyyaml
+    /tmp/tv/bin/python benchmarks/torchvision_baseline.py --what train      # images/s, input wait, peak RSS
+    /tmp/tv/bin/python benchmarks/torchvision_baseline.py --what inference  # ms per image, peak RSS
+    /tmp/tv/bin/python benchmarks/torchvision_baseline.py --quick           # 128 px, 2 steps: smoke test
 
 Builds `maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2)` with BENCH-<size>
 settings: images kept at <size> px (min_size = max_size = size), 256 RPN anchors per image, 2000 / 1000
@@ -28,7 +30,7 @@ import common
 
 
 def parse_args(argv=None):
-    parser = common.base_parser(__doc__.splitlines()[0], default_steps=10, default_warmup=3)
+    parser = common.base_parser(__doc__.splitlines()[0], default_steps=10, default_warmup=3, bookseg_model=False)
     parser.add_argument("--what", choices=("train", "inference", "both"), default="both")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader worker processes (training)")
     args = parser.parse_args(argv)
@@ -43,7 +45,8 @@ def import_torch():
     except ImportError as error:
         raise SystemExit(
             f"torchvision_baseline.py needs torch and torchvision ({error}). Install the versions of the "
-            "issue's figures: pip install torch==2.14.1 torchvision==0.29.1 (from this machine's local files)"
+            "issue's figures in a separate venv: pip install torch==2.14.1 torchvision==0.29.1 numpy pillow "
+            "opencv-python-headless pycocotools pyyaml (see this script's docstring)"
         ) from error
     return torch, torchvision
 

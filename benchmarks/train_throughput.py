@@ -69,7 +69,7 @@ def main(argv=None) -> None:
 
     from bookseg.mrcnn.inputs import make_dataset
 
-    config = common.workload_config(args)
+    config = common.workload_config_of(args)
     side = common.image_side(args)
     batch_size = int(config.images_per_batch)
     n_images = args.images or max(8, batch_size * 2)
@@ -110,6 +110,8 @@ def main(argv=None) -> None:
     common.print_figure("train_step_s_median", computes.median, "s", "step alone, median")
     common.print_figure("input_wait_share", waits.total / total, "", "time in next() / total step time")
     common.print_figure("input_wait_s_max", max(waits.times), "s")
+    common.print_figure("train_step_traces", step.experimental_get_tracing_count(), "",
+                        "graph traces over warm-up + timed steps; 1 = never retraced")
     common.print_figure("rss_before_timing_mib", rss_before, "MiB")
     common.print_figure("peak_rss_mib", common.peak_rss_mib(), "MiB", "getrusage ru_maxrss, whole process")
 

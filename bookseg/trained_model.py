@@ -121,9 +121,13 @@ def class_names_from_config(cfg: DictConfig) -> list[str]:
 
 
 def build_model(
-    cfg: DictConfig, class_names: list[str], weights: str | os.PathLike, source: str
+    cfg: DictConfig, class_names: list[str], weights: str | os.PathLike, source: str,
+    precision: str | None = None,
 ) -> TrainedModel:
     """A `MaskRCNN` for `cfg` with `len(class_names) + 1` classes and the weights of `weights`.
+
+    `precision` ("float32" / "mixed_bfloat16") overrides `cfg.model.precision`: weights are float32
+    either way, so a model trained in one precision runs in the other.
 
     `*.weights.h5` files are Keras 3 weights of the whole model (what the runner logs and checkpoints);
     other `.h5` files are read as matterport / legacy Keras layouts and must cover every layer.
@@ -141,7 +145,8 @@ def build_model(
         raise ModelSourceError(f"weights file not found: {weights}")
     if not class_names:
         raise ModelSourceError("at least one class name is needed")
-    model = MaskRCNN(factory.mrcnn_config(cfg, num_classes=len(class_names) + 1))
+    config = factory.mrcnn_config(cfg, num_classes=len(class_names) + 1)
+    model = MaskRCNN(config.replace(precision=precision) if precision else config)
     try:
         if weights.name.endswith(".weights.h5"):
             load_checkpoint(model, weights)
@@ -168,11 +173,12 @@ def load_from_weights(
     *,
     config_path: str | os.PathLike | None = None,
     class_names: list[str] | None = None,
+    precision: str | None = None,
 ) -> TrainedModel:
     """Model from a weights file and a runner `config.yaml` (default: the composed default config)."""
     cfg = load_config(config_path) if config_path else default_config()
     names = list(class_names) if class_names else class_names_from_config(cfg)
-    return build_model(cfg, names, weights, source=f"weights {weights}")
+    return build_model(cfg, names, weights, source=f"weights {weights}", precision=precision)
 
 
 def load_from_run(
@@ -181,6 +187,7 @@ def load_from_run(
     fold: int | None = None,
     tracking_uri: str | None = None,
     class_names: list[str] | None = None,
+    precision: str | None = None,
 ) -> TrainedModel:
     """Model of an experiment job's fold, from MLflow.
 
@@ -190,6 +197,7 @@ def load_from_run(
             child run it must be that run's fold, if given.
         tracking_uri: MLflow store (default as `resolve_tracking_uri`).
         class_names: override the class names.
+        precision: override the run's `model.precision` (see `build_model`).
 
     Raises:
         ModelSourceError: unknown run, no such fold, no weights or config artifact.
@@ -224,7 +232,7 @@ def load_from_run(
             f"MLflow run {parent_id} fold {_fold_of(child)} (child run {child.info.run_id}, "
             f"{BEST_FOLD_METRIC}={score if score is None else round(score, 4)})"
         )
-        return build_model(cfg, names, weights, source)
+        return build_model(cfg, names, weights, source, precision=precision)
 
 
 def _fold_of(child) -> int:

@@ -39,8 +39,10 @@ def check_positive(figures: dict, names) -> None:
 
 
 def test_train_throughput_quick_prints_throughput_wait_memory_and_flops():
-    stdout, figures = run_quick("train_throughput.py", "--compare-cached")
+    stdout, figures = run_quick("train_throughput.py", "--compare-cached", "--precision", "mixed_bfloat16")
     assert "setting workload: quick smoke test" in stdout
+    assert "setting config.precision: mixed_bfloat16" in stdout
+    assert figures["train_step_traces"] == 1
     assert "setting timed_steps: 2" in stdout
     assert "setting config.images_per_batch: 2" in stdout
     check_positive(figures, ["train_images_per_s", "train_step_s_mean", "peak_rss_mib",
@@ -57,6 +59,8 @@ def test_train_throughput_quick_prints_throughput_wait_memory_and_flops():
 def test_inference_latency_quick_prints_latency_and_flops():
     stdout, figures = run_quick("inference_latency.py")
     assert "setting batch: 1 image per detect call" in stdout
+    assert "setting config.precision: float32" in stdout
+    assert figures["graph_traces"] == 1
     assert "setting config.detection_min_confidence: 0.0" in stdout
     check_positive(figures, ["detect_ms_per_image_mean", "graph_ms_per_image_mean", "peak_rss_mib",
                              "detect_counted_gflops", "detections_per_image_mean"])

@@ -441,3 +441,21 @@ def test_cli_predict_with_a_run_and_with_a_weights_file(smoke_run, tmp_path, cap
         ]
     )
     assert code == 2 and "--overwrite" in capsys.readouterr().err
+
+
+def test_precision_override_runs_a_float32_run_in_bfloat16(smoke_run, tmp_path, capsys):
+    from bookseg.cli import main
+    from bookseg.trained_model import load_from_run
+
+    parent = smoke_run.parent.info.run_id
+    trained = load_from_run(parent, fold=0, tracking_uri=smoke_run.uri, precision="mixed_bfloat16")
+    assert trained.cfg.model.precision == "float32"  # what the run was trained with
+    assert trained.model.config.precision == "mixed_bfloat16"
+    assert trained.model.mask_head.get_layer("mrcnn_mask_conv1").compute_dtype == "bfloat16"
+    same = load_from_run(parent, fold=0, tracking_uri=smoke_run.uri)
+    np.testing.assert_array_equal(_first_kernel(trained.model), _first_kernel(same.model))
+
+    code = main(["predict", str(smoke_run.images[0]), "--run", parent, "--out", str(tmp_path / "bf16"),
+                 "--tracking-uri", smoke_run.uri, "--precision", "mixed_bfloat16", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "bf16" / "counts.csv").is_file()

@@ -39,6 +39,8 @@ def validate(cfg: DictConfig) -> None:
         problems.append(f"model.tiny_channels needs 4 widths (C2..C5), got {list(m.tiny_channels)}")
     if m.images_per_batch < 1:
         problems.append("model.images_per_batch must be >= 1")
+    if m.precision not in ("float32", "mixed_bfloat16"):
+        problems.append(f"model.precision={m.precision!r}: use float32 or mixed_bfloat16")
     if not 0 < m.roi_positive_ratio <= 1:
         problems.append(f"model.roi_positive_ratio={m.roi_positive_ratio} must be in (0, 1]")
     if m.weights and not Path(m.weights).expanduser().is_file():

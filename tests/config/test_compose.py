@@ -54,6 +54,9 @@ def test_experiments_change_what_they_say():
     assert [s.layers for s in _compose(["+experiment=stages_heads_4plus_all"]).stages.schedule] == [
         "heads", "4+", "all"]
     assert _compose(["+experiment=optimizer_adamw"]).optimizer.name == "adamw"
+    assert base.model.precision == "float32"
+    bf16 = _compose(["+experiment=precision_bf16"])
+    assert factory.mrcnn_config(bf16, num_classes=2).precision == "mixed_bfloat16"
     wd = _compose(["+experiment=weight_decay_high"]).optimizer
     assert wd.weight_decay > base.optimizer.weight_decay and wd.weight_decay_mode == "l2"
 
@@ -77,6 +80,7 @@ def test_sweep_presets_compose(name):
     (["model.weights=/nonexistent/mask_rcnn_coco.h5"], "no such file"),
     (["augmentation.transforms=[{_target_: albumentations.NoSuchFlip}]"], "augmentation.transforms"),
     (["model.roi_positive_ratio=0"], "roi_positive_ratio"),
+    (["model.precision=float16"], "model.precision='float16': use float32 or mixed_bfloat16"),
 ])
 def test_bad_values_are_rejected_with_the_key(override, message):
     # `+stages.schedule=` would append; use a plain override for that case.
