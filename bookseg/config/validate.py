@@ -63,7 +63,7 @@ def validate(cfg: DictConfig) -> None:
         problems.append("optimizer.clipnorm must be positive or null")
     try:
         build_augmentation(OmegaConf.to_container(cfg.augmentation.transforms, resolve=True))
-    except Exception as exc:  # any instantiation error of a user's transform list
+    except Exception as exc:  # noqa: BLE001 - any instantiation error of a user's transform list
         problems.append(f"augmentation.transforms: {type(exc).__name__}: {exc}")
 
     s = cfg.stages

@@ -158,6 +158,6 @@ def record_failed_job(cfg: DictConfig, overrides: list[str], error: BaseExceptio
             mlflow.log_text(f"{type(error).__name__}: {error}", "error.txt")
             mlflow.end_run(status="FAILED")
         return run.info.run_id
-    except Exception as exc:  # the tracking store itself may be what failed
+    except Exception as exc:  # noqa: BLE001 - the tracking store itself may be what failed
         print(f"could not record the failure in MLflow: {exc}")
         return None

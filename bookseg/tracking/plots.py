@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from bookseg.mrcnn.config import LOSS_NAMES  # noqa: E402
+from bookseg.mrcnn.config import LOSS_NAMES
 
 
 def plot_loss_curves(history: list[dict], path: Path, title: str = "") -> Path:

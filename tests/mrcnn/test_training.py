@@ -144,11 +144,15 @@ def test_training_and_detection_trace_their_graphs_once():
     _, data = _dataset(config)
     # Python bodies of compiled steps run only while tracing: count those runs.
     runs = {"train_step": 0, "test_step": 0, "inference_outputs": 0}
+
+    def counting(name, original):
+        def counted(*args, **kwargs):
+            runs[name] += 1
+            return original(*args, **kwargs)
+        return counted
+
     for name in runs:
-        def counted(*args, _original=getattr(model, name), _name=name, **kwargs):
-            runs[_name] += 1
-            return _original(*args, **kwargs)
-        setattr(model, name, counted)
+        setattr(model, name, counting(name, getattr(model, name)))
     train_stages(model, data, data.take(2), [Stage("all", 3, 0.001)], OptimizerSpec(),
                  steps_per_epoch=4, validation_steps=2, verbose=0)
     image, _ = shelf_scene()
