@@ -84,8 +84,8 @@ class PredictSummary:
         if self.images_root is not None:
             lines.append(
                 f"Correct the outlines in VIA ({VIA_PROJECT}), save the project, then train on it:\n"
-                f"  python -m bookseg.run data=via data.path={self.out_dir / VIA_PROJECT} "
-                f"data.images_dir={self.images_root}"
+                f"  python -m bookseg.run data=via data.path={self.out_dir / VIA_PROJECT}\n"
+                f"  (the project names its image folder, {self.images_root}, so no data.images_dir is needed)"
             )
         return "\n".join(lines)
 

@@ -147,7 +147,8 @@ def test_counts_csv_has_one_row_per_image_with_the_known_books(shelves, oracle_r
     assert summary.images == expected
     assert summary.n_books == sum(len(r.instances) for r in records) > 0
     assert summary.skipped == [] and summary.empty_masks_dropped == 0
-    assert f"data.images_dir={shelves[0]}" in summary.text()
+    assert f"data=via data.path={out / 'via_project.json'}\n" in summary.text()
+    assert f"image folder, {shelves[0]}, so no data.images_dir" in summary.text()
 
 
 def test_coco_results_load_against_ground_truth_and_score_perfectly(shelves, oracle_run):
@@ -182,8 +183,8 @@ def test_coco_results_load_against_ground_truth_and_score_perfectly(shelves, ora
 def test_via_project_round_trips_through_the_reader(shelves, oracle_run):
     photos, records = shelves
     out, summary = oracle_run
-    # The reader looks for images next to the JSON (it ignores VIA's default_filepath): name their folder.
-    dataset = load_dataset(out / "via_project.json", class_attribute="name", images_dir=photos)
+    # No images_dir: the reader follows the project's default_filepath to the photos' folder.
+    dataset = load_dataset(out / "via_project.json", class_attribute="name")
     assert dataset.class_names == ["book"] and dataset.num_instances == summary.n_books
     assert [Path(r.path) for r in dataset.records] == [Path(r.path).resolve() for r in records]
     ious = []

@@ -6,7 +6,8 @@ names (contract §1.3): `backbone_fpn` (image -> P2..P6), `rpn_model` (shared RP
 graph layers (`ROI`, `proposal_targets`, `roi_align_*`, `mrcnn_detection`) are wired in Python
 by `training_outputs` (training graph) and `inference_outputs` (inference graph), so one model
 object trains and detects. Anchors are constants computed from the molded image shape (never
-weights).
+weights). The four sub-models are built under the Keras dtype policy `config.precision`
+("float32" or "mixed_bfloat16"); their output layers are float32 either way.
 
 `train_step` / `test_step` compute the five named losses, the weight-decay term `l2_loss` and
 their weighted sum `loss`, tracked as metrics (so `History` has them, with `val_` versions).
@@ -350,8 +351,13 @@ class MaskRCNN(keras.Model):
             anchors = tf.constant(anchors_for(self.config, images.shape[1:3]))
         return self.inference_outputs(images, inputs["input_image_meta"], anchors, training=training)
 
-    def _inference_function(self, max_instances: int):
-        """A tf.function of the inference graph, traced once per `max_instances` for any image size."""
+    def inference_function(self, max_instances: int):
+        """The compiled inference graph `detect` runs, traced once per `max_instances` for any image size.
+
+        Called as run(molded float32 [B, H, W, 3], metas float32 [B, meta_size], anchors float32
+        [A, 4] normalised, min_confidence float32 []) -> (detections float32 [B, max_instances, 6]
+        (y1, x1, y2, x2 normalised, class_id, score), masks float32 [B, max_instances, 28, 28, C]).
+        """
         if max_instances not in self._inference_functions:
             signature = [
                 tf.TensorSpec([None, None, None, 3], tf.float32),
@@ -407,7 +413,7 @@ class MaskRCNN(keras.Model):
         by_shape: dict[tuple, list[int]] = {}
         for index, (molded_image, *_rest) in enumerate(molded):
             by_shape.setdefault(molded_image.shape, []).append(index)
-        run = self._inference_function(max_instances)
+        run = self.inference_function(max_instances)
         results: list[dict | None] = [None] * len(molded)
         chunk = max(1, int(config.images_per_batch))
         for shape, indices in by_shape.items():

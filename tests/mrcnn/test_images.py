@@ -118,36 +118,37 @@ def test_minimize_expand_round_trip():
     np.testing.assert_array_equal(single, masks[:, :, 0])
 
 
-def _paste_one_by_one(masks, boxes, shape):
-    """Reference: cv2.resize of each mask to its box (INTER_LINEAR), cut to the image."""
-    out = np.zeros((shape[0], shape[1], len(boxes)), bool)
-    for i, (y1, x1, y2, x2) in enumerate(boxes):
-        cy1, cx1, cy2, cx2 = max(y1, 0), max(x1, 0), min(y2, shape[0]), min(x2, shape[1])
-        if y2 <= y1 or x2 <= x1 or cy2 <= cy1 or cx2 <= cx1:
-            continue
-        resized = cv2.resize(masks[i], (int(x2 - x1), int(y2 - y1)), interpolation=cv2.INTER_LINEAR)
-        out[cy1:cy2, cx1:cx2, i] = resized.reshape(y2 - y1, x2 - x1)[cy1 - y1 : cy2 - y1, cx1 - x1 : cx2 - x1] >= 0.5
-    return out
-
-
-@pytest.mark.parametrize("group_pixels", [4_000_000, 1_500])
-def test_paste_masks_matches_cv2_resize_of_each_mask(monkeypatch, group_pixels):
-    """All boxes at once (in groups of `group_pixels`) = OpenCV per box; boxes may be empty, inverted,
-    larger or smaller than the mask, or reach outside the image."""
-    monkeypatch.setattr(im, "_PASTE_GROUP_PIXELS", group_pixels)
-    rng = np.random.default_rng(0)
-    n, shape = 60, (120, 160)
-    masks = rng.uniform(0, 1, (n, 28, 28)).astype(np.float32)
-    y1, x1 = rng.integers(-30, 120, n), rng.integers(-30, 160, n)
-    boxes = np.stack([y1, x1, y1 + rng.integers(-3, 90, n), x1 + rng.integers(-3, 60, n)], axis=1)
-    pasted = im.paste_masks(masks, boxes, shape)
-    expected = _paste_one_by_one(masks, boxes, shape)
-    assert pasted.shape == (120, 160, n) and pasted.dtype == bool
-    # float rounding may flip a pixel whose value lands on the 0.5 threshold
-    assert (pasted != expected).sum() <= 2 and expected.sum() > 10_000
-    assert im.paste_masks(np.zeros((0, 28, 28)), np.zeros((0, 4)), shape).shape == (120, 160, 0)
+def test_paste_masks_places_each_mask_in_its_box_cut_to_the_image():
+    full, left_half = np.ones((28, 28), np.float32), np.zeros((28, 28), np.float32)
+    left_half[:, :14] = 1.0
+    masks = np.stack([full, left_half, full, full, full])
+    boxes = np.array([
+        [10, 20, 50, 40],   # inside: exactly the box
+        [60, 0, 100, 60],   # left half of a 60 px wide box: columns 0..29
+        [-10, 150, 30, 170],  # reaches above the image: cut at row 0
+        [5, 5, 5, 9],       # empty
+        [90, 90, 80, 95],   # inverted
+    ])
+    out = im.paste_masks(masks, boxes, (120, 160))
+    assert out.shape == (120, 160, 5) and out.dtype == bool
+    expected = np.zeros((120, 160, 5), bool)
+    expected[10:50, 20:40, 0] = True
+    expected[60:100, 0:30, 1] = True
+    expected[0:30, 150:160, 2] = True
+    np.testing.assert_array_equal(out, expected)
+    assert im.paste_masks(np.zeros((0, 28, 28)), np.zeros((0, 4)), (120, 160)).shape == (120, 160, 0)
     with pytest.raises(ValueError, match="2 boxes but 1 masks"):
-        im.paste_masks(masks[:1], boxes[:2], shape)
+        im.paste_masks(masks[:1], boxes[:2], (120, 160))
+
+
+def test_paste_masks_interpolates_bilinearly_then_thresholds():
+    """A horizontal ramp 0..1 crosses 0.5 in the middle of the box whatever the box width."""
+    ramp = np.tile(np.linspace(0.0, 1.0, 28, dtype=np.float32), (28, 1))
+    for width in (7, 28, 101):
+        out = im.paste_masks(ramp[None], np.array([[0, 0, 10, width]]), (10, width))[:, :, 0]
+        first_on = int(np.flatnonzero(out[0])[0])
+        assert abs(first_on - width / 2) <= 1, (width, first_on)
+        assert out[:, first_on:].all() and not out[:, :first_on].any()
 
 
 def test_minimize_rejects_empty_box():

@@ -165,7 +165,7 @@ def _fake_inference(detections_px):
 @pytest.mark.parametrize("mode", ["square", "pad64"])
 def test_detect_returns_boxes_and_masks_in_original_pixels(tiny_model, monkeypatch, mode):
     model = MaskRCNN(tiny_config(image_resize_mode=mode)) if mode != "square" else tiny_model
-    monkeypatch.setattr(model, "_inference_function", lambda max_instances: _fake_inference([10, 20, 30, 60]))
+    monkeypatch.setattr(model, "inference_function", lambda max_instances: _fake_inference([10, 20, 30, 60]))
     images = [np.zeros((50, 90, 3), np.uint8), np.zeros((70, 64, 3), np.uint8), np.zeros((50, 90, 3), np.uint8)]
     results = model.detect(images)
     assert len(results) == 3
