@@ -314,7 +314,8 @@ def count_graph_gflops(function, *args) -> float | None:
     `function` is traced to a concrete function, its variables are folded into constants and
     `tf.compat.v1.profiler` sums the registered float-op statistics (Conv2D, MatMul, ... with
     static shapes; one multiply-add = 2 FLOPs). Ops without statistics or with unknown shapes
-    count as 0, so this is a lower bound. Returns None when the graph cannot be profiled.
+    count as 0; the backward ops of a "valid" convolution are overcounted (benchmarks/README.md,
+    "Where the training work goes"). Returns None when the graph cannot be profiled.
     """
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
@@ -336,7 +337,7 @@ def count_graph_gflops(function, *args) -> float | None:
 
 
 def report_gflops_rate(name: str, seconds_per_unit: float, counted: float | None, reference: float | None,
-                       unit: str, counted_by: str = "bookseg graph, tf.compat.v1.profiler, lower bound") -> None:
+                       unit: str, counted_by: str = "bookseg graph, tf.compat.v1.profiler; see benchmarks/README.md") -> None:
     """Print achieved GFLOP/s against the reference count (None: not applicable, e.g. --quick) and,
     when available, against the counted one."""
     if reference is None:
