@@ -181,7 +181,7 @@ def test_coco_results_load_against_ground_truth_and_score_perfectly(shelves, ora
 
 
 def test_via_project_round_trips_through_the_reader(shelves, oracle_run):
-    photos, records = shelves
+    _, records = shelves
     out, summary = oracle_run
     # No images_dir: the reader follows the project's default_filepath to the photos' folder.
     dataset = load_dataset(out / "via_project.json", class_attribute="name")
