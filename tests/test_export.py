@@ -29,6 +29,12 @@ from bookseg.trained_model import default_config
 MAX_INSTANCES = 15
 
 
+def _export(root, out, *options) -> int:
+    """`bookseg export` of the weights and config.yaml saved in `root` into `out`; the exit code."""
+    return main(["export", "--weights", str(root / "model.weights.h5"), "--config", str(root / "config.yaml"),
+                 "--out", str(out), *options])
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
@@ -37,22 +43,7 @@ def setup(tmp_path_factory):
     model = MaskRCNN(factory.mrcnn_config(cfg, num_classes=2))
     model.save_weights(str(root / "model.weights.h5"))
     OmegaConf.save(cfg, root / "config.yaml")
-    code = main(
-        [
-            "export",
-            "--weights",
-            str(root / "model.weights.h5"),
-            "--config",
-            str(root / "config.yaml"),
-            "--out",
-            str(root / "saved"),
-            "--min-confidence",
-            "0",
-            "--max-instances",
-            str(MAX_INSTANCES),
-        ]
-    )
-    assert code == 0
+    assert _export(root, root / "saved", "--min-confidence", "0", "--max-instances", str(MAX_INSTANCES)) == 0
     shelves = generate_shelves(root / "shelves", 1, seed=2, image_size=(256, 256)).parent
     photo = load_image_rgb(shelves / "images" / "shelf_0000.png")
     return model, root, photo
@@ -89,18 +80,7 @@ def test_export_metadata_and_refusal_to_overwrite(setup, capsys):
     assert metadata["class_names"] == ["book"]
     assert metadata["min_confidence"] == 0.0 and metadata["max_instances"] == MAX_INSTANCES
     assert metadata["config"]["model"]["name"] == "tiny" and "model.weights.h5" in metadata["source"]
-    code = main(
-        [
-            "export",
-            "--weights",
-            str(root / "model.weights.h5"),
-            "--config",
-            str(root / "config.yaml"),
-            "--out",
-            str(root / "saved"),
-        ]
-    )
-    assert code == 2 and "not empty" in capsys.readouterr().err
+    assert _export(root, root / "saved") == 2 and "not empty" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("shape", [(200, 150), (97, 301), (60, 40), (3000, 4000)])
@@ -173,10 +153,8 @@ def test_export_rejects_non_square_resize_mode(setup):
 
 def test_export_in_mixed_bfloat16_matches_detect_in_bfloat16(setup, tmp_path):
     model, root, photo = setup
-    code = main(["export", "--weights", str(root / "model.weights.h5"), "--config", str(root / "config.yaml"),
-                 "--out", str(tmp_path / "saved_bf16"), "--min-confidence", "0", "--max-instances",
-                 str(MAX_INSTANCES), "--precision", "mixed_bfloat16"])
-    assert code == 0
+    options = ("--min-confidence", "0", "--max-instances", str(MAX_INSTANCES), "--precision", "mixed_bfloat16")
+    assert _export(root, tmp_path / "saved_bf16", *options) == 0
     detector = tf.saved_model.load(str(tmp_path / "saved_bf16")).signatures["serving_default"]
     out = {k: v.numpy() for k, v in detector(image=tf.constant(photo)).items()}
     bf16 = MaskRCNN(model.config.replace(precision="mixed_bfloat16"))
