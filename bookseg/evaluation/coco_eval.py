@@ -76,7 +76,10 @@ def records_to_coco(records: Sequence[ImageRecord], class_names: Sequence[str]) 
     Image ids are 1..len(records) in order; segmentations are compressed RLE with `counts` as str,
     `area` is the mask's pixel count and `bbox` the tight mask box [x, y, w, h].
     """
-    return _coco_dataset(records, [ground_truth(r, class_names) for r in records], class_names)
+    dataset = {"images": [], "annotations": [], "categories": _categories(class_names)}
+    for image_id, record in enumerate(records, start=1):
+        _add_ground_truth(dataset, image_id, record, ground_truth(record, class_names))
+    return dataset
 
 
 def predictions_to_coco(image_ids: Sequence[int], predictions: Sequence[dict]) -> list[dict]:
@@ -130,8 +133,8 @@ def coco_metrics(
         dict with `COCO_METRIC_KEYS`, floats in [0, 1]; all 0.0 when there is no prediction at all,
         NaN when there is no (non-crowd) ground-truth instance at all (AP undefined).
     """
-    gts = [ground_truth(r, class_names) for r in records]
-    return _coco_metrics(records, gts, predictions, class_names, max_detections)
+    metrics = evaluate(records, predictions, class_names, max_detections=max_detections)
+    return {key: metrics[key] for key in COCO_METRIC_KEYS}
 
 
 def evaluate(
@@ -141,20 +144,57 @@ def evaluate(
     *,
     max_detections: int = 100,
 ) -> dict:
-    """All evaluation numbers of a validation fold.
+    """All evaluation numbers of a validation fold (see `FoldEvaluator.metrics`)."""
+    if len(predictions) != len(records):
+        raise ValueError(f"{len(predictions)} prediction entries for {len(records)} records")
+    evaluator = FoldEvaluator(class_names, max_detections=max_detections)
+    for record, prediction in zip(records, predictions):
+        evaluator.add(record, prediction)
+    return evaluator.metrics()
 
-    Returns:
-        `coco_metrics` keys plus mask_ap50_matterport (mean per-image mask AP@0.5, NaN when every
-        image lacks both ground truth and predictions), n_images, and
-        n_images_no_gt_no_pred (images left out of the matterport mean).
+
+class FoldEvaluator:
+    """Scores a validation fold one image at a time.
+
+    `add` computes the image's matterport AP at once and keeps its ground truth and detections
+    only as COCO RLEs, so the full-size masks of an image (100 detections x H x W) can be freed
+    before the next one is detected; `metrics` runs pycocotools over everything added.
     """
-    gts = [ground_truth(r, class_names) for r in records]
-    metrics = _coco_metrics(records, gts, predictions, class_names, max_detections)
-    matterport = mean_mask_ap(gts, predictions, 0.5, image_ids=[r.image_id for r in records])
-    metrics["mask_ap50_matterport"] = matterport["ap"]
-    metrics["n_images"] = matterport["n_images"]
-    metrics["n_images_no_gt_no_pred"] = matterport["n_skipped"]
-    return metrics
+
+    def __init__(self, class_names: Sequence[str], *, max_detections: int = 100):
+        if max_detections < 1:
+            raise ValueError(f"max_detections must be >= 1, got {max_detections}")
+        self.class_names = list(class_names)
+        self.max_detections = max_detections
+        self.dataset = {"images": [], "annotations": [], "categories": _categories(class_names)}
+        self.results: list[dict] = []
+        self.matterport_aps: list[float] = []
+
+    def add(self, record: ImageRecord, prediction: dict) -> None:
+        """Score one image: `record` its ground truth, `prediction` its `detect` output."""
+        masks = _prediction_arrays(prediction, record.where())[3]
+        if masks.shape[:2] != (record.height, record.width):
+            raise ValueError(
+                f"{record.where()}: prediction masks are {masks.shape[:2]}, "
+                f"the image is {(record.height, record.width)}"
+            )
+        image_id = len(self.dataset["images"]) + 1
+        gt = ground_truth(record, self.class_names)
+        matterport = mean_mask_ap([gt], [prediction], 0.5, image_ids=[record.image_id])
+        self.matterport_aps.append(matterport["per_image"][0])
+        _add_ground_truth(self.dataset, image_id, record, gt)
+        self.results.extend(predictions_to_coco([image_id], [prediction]))
+
+    def metrics(self) -> dict:
+        """`coco_metrics` keys plus mask_ap50_matterport (mean per-image mask AP@0.5, NaN when every
+        image lacks both ground truth and predictions), n_images, and n_images_no_gt_no_pred
+        (images left out of the matterport mean)."""
+        metrics = _coco_metrics(self.dataset, self.results, self.max_detections)
+        evaluated = [ap for ap in self.matterport_aps if not math.isnan(ap)]
+        metrics["mask_ap50_matterport"] = float(np.mean(evaluated)) if evaluated else math.nan
+        metrics["n_images"] = len(self.matterport_aps)
+        metrics["n_images_no_gt_no_pred"] = len(self.matterport_aps) - len(evaluated)
+        return metrics
 
 
 def write_json(path: str | Path, data, *, overwrite: bool = False) -> Path:
@@ -167,21 +207,8 @@ def write_json(path: str | Path, data, *, overwrite: bool = False) -> Path:
     return path
 
 
-def _coco_metrics(records, gts, predictions, class_names, max_detections) -> dict:
-    if max_detections < 1:
-        raise ValueError(f"max_detections must be >= 1, got {max_detections}")
-    if len(predictions) != len(records):
-        raise ValueError(f"{len(predictions)} prediction entries for {len(records)} records")
-    for record, pred in zip(records, predictions):
-        masks = _prediction_arrays(pred, record.where())[3]
-        if masks.shape[:2] != (record.height, record.width):
-            raise ValueError(
-                f"{record.where()}: prediction masks are {masks.shape[:2]}, "
-                f"the image is {(record.height, record.width)}"
-            )
-    dataset = _coco_dataset(records, gts, class_names)
+def _coco_metrics(dataset: dict, results: list[dict], max_detections: int) -> dict:
     has_gt = any(not ann["iscrowd"] for ann in dataset["annotations"])
-    results = predictions_to_coco(list(range(1, len(records) + 1)), predictions)
     if not has_gt:
         return {key: math.nan for key in COCO_METRIC_KEYS}
     if not results:
@@ -222,34 +249,31 @@ def _summary(coco_eval: COCOeval, prefix: str, max_detections: int) -> dict:
     }
 
 
-def _coco_dataset(records, gts, class_names) -> dict:
-    images, annotations = [], []
-    for image_id, (record, gt) in enumerate(zip(records, gts), start=1):
-        images.append(
+def _categories(class_names) -> list[dict]:
+    return [{"id": k + 1, "name": name} for k, name in enumerate(class_names)]
+
+
+def _add_ground_truth(dataset: dict, image_id: int, record: ImageRecord, gt: dict) -> None:
+    """Append one image and its annotations (RLE, mask area, tight box) to a COCO `dataset`."""
+    dataset["images"].append(
+        {"id": image_id, "file_name": str(record.image_id), "width": record.width, "height": record.height}
+    )
+    annotations = dataset["annotations"]
+    rles = _encode(gt["masks"])
+    areas = mask_util.area(rles) if rles else []
+    for k, rle in enumerate(rles):
+        y1, x1, y2, x2 = (int(v) for v in gt["rois"][k])
+        annotations.append(
             {
-                "id": image_id,
-                "file_name": str(record.image_id),
-                "width": record.width,
-                "height": record.height,
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": int(gt["class_ids"][k]),
+                "segmentation": rle,
+                "area": float(areas[k]),
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "iscrowd": int(gt["iscrowd"][k]),
             }
         )
-        rles = _encode(gt["masks"])
-        areas = mask_util.area(rles) if rles else []
-        for k, rle in enumerate(rles):
-            y1, x1, y2, x2 = (int(v) for v in gt["rois"][k])
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": int(gt["class_ids"][k]),
-                    "segmentation": rle,
-                    "area": float(areas[k]),
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "iscrowd": int(gt["iscrowd"][k]),
-                }
-            )
-    categories = [{"id": k + 1, "name": name} for k, name in enumerate(class_names)]
-    return {"images": images, "annotations": annotations, "categories": categories}
 
 
 def _encode(masks: np.ndarray) -> list[dict]:

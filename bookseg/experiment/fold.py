@@ -100,23 +100,25 @@ def run_fold(cfg: DictConfig, index: int, train: list[ImageRecord], val: list[Im
 
 
 def evaluate_fold(cfg: DictConfig, model, val: list[ImageRecord], class_names: list[str]):
-    """Detect on the validation images and score them; returns (metrics, [(record, image, prediction)])."""
-    from bookseg.evaluation.coco_eval import evaluate
+    """Detect on the validation images and score them; returns (metrics, [(record, image, prediction)]).
+
+    Images are scored chunk by chunk (`FoldEvaluator`), so only the overlays' full-size masks stay
+    in memory, however large the photos and the fold.
+    """
+    from bookseg.evaluation.coco_eval import FoldEvaluator
 
     records = val[: cfg.eval.max_images] if cfg.eval.max_images else val
-    predictions, kept = [], []
+    evaluator, kept = FoldEvaluator(class_names), []
     for start in range(0, len(records), _DETECT_CHUNK):
         chunk = records[start:start + _DETECT_CHUNK]
         images = [load_image_rgb(r.path) for r in chunk]
-        results = model.detect(images, min_confidence=cfg.eval.min_confidence)
-        predictions.extend(results)
-        kept.extend(
-            (r, img, res) for r, img, res in zip(chunk, images, results)
-            if len(kept) < cfg.tracking.overlays
-        )
-    scores = evaluate(records, predictions, class_names)
+        for record, image, result in zip(chunk, images, model.detect(images, min_confidence=cfg.eval.min_confidence)):
+            evaluator.add(record, result)
+            if len(kept) < cfg.tracking.overlays:
+                kept.append((record, image, result))
+    scores = evaluator.metrics()
     metrics = {name: float(scores[name]) for name in FOLD_METRICS}
-    return metrics, kept[: cfg.tracking.overlays]
+    return metrics, kept
 
 
 def _log_artifacts(cfg: DictConfig, model, fold_dir: Path, overlays, index: int) -> None:

@@ -12,6 +12,7 @@ from pycocotools.cocoeval import COCOeval
 from bookseg.data.records import ImageRecord, Instance, boxes_from_masks, rasterize_polygon
 from bookseg.evaluation.coco_eval import (
     COCO_METRIC_KEYS,
+    FoldEvaluator,
     coco_metrics,
     evaluate,
     ground_truth,
@@ -142,6 +143,25 @@ def test_partial_detection_values():
     assert metrics["box_ap75"] == pytest.approx(51 / 101)
     # matterport: image a finds 1 of 3 -> 1/3, image b -> 1, image c skipped.
     assert metrics["mask_ap50_matterport"] == pytest.approx((1 / 3 + 1) / 2)
+
+
+def test_fold_evaluator_keeps_no_reference_to_the_masks_it_scored():
+    """Scoring image by image gives `evaluate`'s numbers, and the caller may free or reuse each
+    prediction's full-size masks right after `add` (what keeps evaluation memory flat)."""
+    records = shelf()
+    preds = perfect_predictions(records)
+    preds[0]["masks"] = preds[0]["masks"][..., :1].copy()
+    for key in ("rois", "class_ids", "scores"):
+        preds[0][key] = preds[0][key][:1]
+    expected = evaluate(records, preds, CLASSES)
+    evaluator = FoldEvaluator(CLASSES)
+    for rec, pred in zip(records, preds):
+        evaluator.add(rec, pred)
+        pred["masks"][:] = False  # overwritten after scoring
+    assert evaluator.metrics() == expected
+    assert expected["mask_ap"] == pytest.approx(51 / 101) and expected["n_images"] == 3
+    with pytest.raises(ValueError, match="max_detections must be >= 1"):
+        FoldEvaluator(CLASSES, max_detections=0)
 
 
 def test_no_predictions_give_zero():
