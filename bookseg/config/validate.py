@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bookseg.data.augment import build_augmentation
 from bookseg.factory import mrcnn_config
+from bookseg.mrcnn.config import PRECISIONS
 
 # Per-fold metrics the CV loop aggregates (kept here so validation does not import TensorFlow).
 FOLD_METRICS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "box_ap75", "mask_ap50_matterport")
@@ -39,8 +40,8 @@ def validate(cfg: DictConfig) -> None:
         problems.append(f"model.tiny_channels needs 4 widths (C2..C5), got {list(m.tiny_channels)}")
     if m.images_per_batch < 1:
         problems.append("model.images_per_batch must be >= 1")
-    if m.precision not in ("float32", "mixed_bfloat16"):
-        problems.append(f"model.precision={m.precision!r}: use float32 or mixed_bfloat16")
+    if m.precision not in PRECISIONS:
+        problems.append(f"model.precision={m.precision!r}: use {' or '.join(PRECISIONS)}")
     if not 0 < m.roi_positive_ratio <= 1:
         problems.append(f"model.roi_positive_ratio={m.roi_positive_ratio} must be in (0, 1]")
     if m.weights and not Path(m.weights).expanduser().is_file():

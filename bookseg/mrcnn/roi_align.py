@@ -51,9 +51,10 @@ def pyramid_roi_align(boxes, image_hw, feature_maps, pool_shape):
     for level, feature_map in zip(PYRAMID_LEVELS, feature_maps):
         position = tf.where(tf.equal(levels, level))  # int64 [n, 2] (image, box)
         level_boxes = tf.gather_nd(boxes, position)
+        feature_map = tf.cast(feature_map, tf.float32)  # crop_and_resize takes no bfloat16
         pooled.append(
-            tf.image.crop_and_resize(  # takes no bfloat16: mixed-precision maps are cast up here
-                tf.cast(feature_map, tf.float32), level_boxes, tf.cast(position[:, 0], tf.int32), pool_shape, method="bilinear"
+            tf.image.crop_and_resize(
+                feature_map, level_boxes, tf.cast(position[:, 0], tf.int32), pool_shape, method="bilinear"
             )
         )
         positions.append(position)
