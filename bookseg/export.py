@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import tensorflow as tf
@@ -252,12 +251,9 @@ def export_saved_model(
 
 def run_export_command(args: argparse.Namespace) -> int:
     """Handler of `bookseg export`."""
-    from bookseg.predict import load_trained
-    from bookseg.trained_model import ModelSourceError
+    from bookseg.predict import run_with_trained_model
 
-    try:
-        trained = load_trained(args)
-        print(f"model: {trained.source}; classes {trained.class_names}", flush=True)
+    def export(trained) -> str:
         out = export_saved_model(
             trained.model,
             args.out,
@@ -268,8 +264,6 @@ def run_export_command(args: argparse.Namespace) -> int:
             cfg=trained.cfg,
             overwrite=args.overwrite,
         )
-    except (ModelSourceError, FileExistsError, FileNotFoundError, ValueError) as error:
-        print(f"bookseg export: error: {error}", file=sys.stderr)
-        return 2
-    print(f"SavedModel written to {out} (signature serving_default; see {out / METADATA_FILE})")
-    return 0
+        return f"SavedModel written to {out} (signature serving_default; see {out / METADATA_FILE})"
+
+    return run_with_trained_model(args, "export", export)

@@ -243,14 +243,28 @@ def load_trained(args: argparse.Namespace):
                              precision=args.precision)
 
 
-def run_predict_command(args: argparse.Namespace) -> int:
-    """Handler of `bookseg predict` (see `add_model_source_arguments` and the CLI)."""
+def run_with_trained_model(args: argparse.Namespace, command: str, work) -> int:
+    """Shared body of the model-using CLI handlers: load the model named by the model-source arguments,
+    print which it is, run `work(trained)` and print the text it returns. A bad model source, existing
+    outputs, a missing file or a bad value print `bookseg <command>: error: ...` and give exit code 2."""
     from bookseg.trained_model import ModelSourceError
 
     try:
         trained = load_trained(args)
         print(f"model: {trained.source}; classes {trained.class_names}", flush=True)
-        summary = predict_paths(
+        message = work(trained)
+    except (ModelSourceError, FileExistsError, FileNotFoundError, ValueError) as error:
+        print(f"bookseg {command}: error: {error}", file=sys.stderr)
+        return 2
+    print(message)
+    return 0
+
+
+def run_predict_command(args: argparse.Namespace) -> int:
+    """Handler of `bookseg predict` (see `add_model_source_arguments` and the CLI)."""
+
+    def predict(trained) -> str:
+        return predict_paths(
             trained.model,
             trained.class_names,
             args.paths,
@@ -260,12 +274,9 @@ def run_predict_command(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             overwrite=args.overwrite,
             progress=not args.no_progress,
-        )
-    except (ModelSourceError, FileExistsError, FileNotFoundError, ValueError) as error:
-        print(f"bookseg predict: error: {error}", file=sys.stderr)
-        return 2
-    print(summary.text())
-    return 0
+        ).text()
+
+    return run_with_trained_model(args, "predict", predict)
 
 
 def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
