@@ -85,7 +85,9 @@ def base_parser(description: str, *, default_steps: int, default_warmup: int,
     parser.add_argument("--no-flops", action="store_true",
                         help="skip counting bookseg's graph FLOPs with the TF profiler (saves a trace)")
     if bookseg_model:
-        parser.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32",
+        from bookseg.mrcnn.config import PRECISIONS
+
+        parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                             help="MrcnnConfig.precision: Keras dtype policy of the layers")
         parser.add_argument("--rpn-conv-channels", type=int, default=512,
                             help="width of rpn_conv_shared: 512 as matterport (default), 256 as torchvision")

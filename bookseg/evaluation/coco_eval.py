@@ -76,7 +76,7 @@ def records_to_coco(records: Sequence[ImageRecord], class_names: Sequence[str]) 
     Image ids are 1..len(records) in order; segmentations are compressed RLE with `counts` as str,
     `area` is the mask's pixel count and `bbox` the tight mask box [x, y, w, h].
     """
-    dataset = {"images": [], "annotations": [], "categories": _categories(class_names)}
+    dataset = _empty_dataset(class_names)
     for image_id, record in enumerate(records, start=1):
         _add_ground_truth(dataset, image_id, record, ground_truth(record, class_names))
     return dataset
@@ -166,7 +166,7 @@ class FoldEvaluator:
             raise ValueError(f"max_detections must be >= 1, got {max_detections}")
         self.class_names = list(class_names)
         self.max_detections = max_detections
-        self.dataset = {"images": [], "annotations": [], "categories": _categories(class_names)}
+        self.dataset = _empty_dataset(class_names)
         self.results: list[dict] = []
         self.matterport_aps: list[float] = []
 
@@ -249,8 +249,10 @@ def _summary(coco_eval: COCOeval, prefix: str, max_detections: int) -> dict:
     }
 
 
-def _categories(class_names) -> list[dict]:
-    return [{"id": k + 1, "name": name} for k, name in enumerate(class_names)]
+def _empty_dataset(class_names) -> dict:
+    """A COCO dataset with the categories (id = class index + 1) and no image yet."""
+    categories = [{"id": k + 1, "name": name} for k, name in enumerate(class_names)]
+    return {"images": [], "annotations": [], "categories": categories}
 
 
 def _add_ground_truth(dataset: dict, image_id: int, record: ImageRecord, gt: dict) -> None:
