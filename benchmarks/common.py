@@ -260,7 +260,7 @@ def build_training_model(config, seed: int = 0):
     model = MaskRCNN(config)
     set_trainable(model, "all")
     spec = OptimizerSpec(name="sgd", momentum=0.9, clipnorm=5.0)
-    model.compile(optimizer=make_optimizer(spec, 0.001, model.batch_norm_scales()), jit_compile=False)
+    model.compile(optimizer=make_optimizer(spec, 0.001, model.norm_scales()), jit_compile=False)
     return model
 
 

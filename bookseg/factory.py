@@ -16,7 +16,7 @@ def mrcnn_config(cfg: DictConfig, num_classes: int) -> MrcnnConfig:
     config = MrcnnConfig(
         backbone=m.backbone,
         tiny_channels=tuple(m.tiny_channels),
-        train_bn=m.train_bn,
+        norm=m.norm,
         precision=m.precision,
         num_classes=num_classes,
         top_down_pyramid_size=m.top_down_pyramid_size,
@@ -58,6 +58,15 @@ def stages(cfg: DictConfig):
         Stage(layers=s.layers, epochs=int(s.epochs), learning_rate=float(s.learning_rate) * cfg.lr_scale)
         for s in cfg.stages.schedule
     ]
+
+
+def lr_schedule(cfg: DictConfig):
+    """LrSchedule (warm-up and decay within each stage) from `cfg.stages`."""
+    from bookseg.mrcnn.lr_schedule import LrSchedule
+
+    s = cfg.stages
+    return LrSchedule(warmup_steps=s.warmup_steps, warmup_factor=s.warmup_factor, decay=s.decay,
+                      step_at=tuple(s.step_at), step_gamma=s.step_gamma, min_lr_ratio=s.min_lr_ratio)
 
 
 def optimizer_spec(cfg: DictConfig):

@@ -10,6 +10,7 @@ Returns the cross-fold mean of `optimized_metric` so Hydra sweepers (Optuna) can
 from __future__ import annotations
 
 import fcntl
+import sys
 import traceback
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from omegaconf import DictConfig
 
 import bookseg  # noqa: F401  (sets KERAS_BACKEND before anything imports keras)
 from bookseg.config.schema import register_configs
-from bookseg.config.validate import validate
+from bookseg.config.validate import config_warnings, validate
 from bookseg.tracking.mlflow_runs import RunState, open_parent_run, record_failed_job, run_key, tracking_uri
 
 register_configs()
@@ -55,6 +56,8 @@ def job_directory(cfg: DictConfig, key: str) -> tuple[Path, object]:
 def run(cfg: DictConfig, opened: dict) -> float:
     """The job; `opened["run_id"]` is set once the MLflow parent run exists (for failure reporting)."""
     validate(cfg)
+    for warning in config_warnings(cfg):
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     # Imported after validation so that `--cfg job`, `--help` and config errors do not wait for TensorFlow.
     from bookseg.experiment.cv import aggregate, cross_validate, log_config, results_table
     from bookseg.experiment.data import fingerprint, load_data

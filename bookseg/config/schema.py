@@ -48,7 +48,7 @@ class ModelConfig:
     fpn_classif_fc_layers_size: int = 1024
     rpn_conv_channels: int = 512
     mask_head_channels: int = 256
-    train_bn: Optional[bool] = False  # False: frozen BN, as matterport
+    norm: str = "frozen_bn"  # frozen_bn (pretrained weights, as matterport) | batch_norm | group_norm (from scratch)
     precision: str = "float32"  # float32 | mixed_bfloat16 (bf16 compute, float32 weights and outputs)
     images_per_batch: int = 2
     rpn_train_anchors_per_image: int = 256
@@ -106,6 +106,13 @@ class StagesConfig:
     schedule: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
     steps_per_epoch: int = 100
     validation_steps: int = 10
+    # Learning-rate schedule within each stage (bookseg.mrcnn.lr_schedule.LrSchedule)
+    warmup_steps: int = 0  # linear warm-up over the first training steps; 0: none
+    warmup_factor: float = 0.001  # warm-up starts at this fraction of the stage's rate
+    decay: str = "constant"  # constant (matterport) | step | cosine, over each stage
+    step_at: list[float] = field(default_factory=lambda: [0.67, 0.89])  # step decay points, fractions of a stage
+    step_gamma: float = 0.1  # step decay factor
+    min_lr_ratio: float = 0.0  # cosine ends at this fraction of the stage's rate
 
 
 @dataclass

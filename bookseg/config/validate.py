@@ -8,8 +8,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from bookseg.data.augment import build_augmentation
-from bookseg.factory import mrcnn_config
-from bookseg.mrcnn.config import PRECISIONS
+from bookseg.factory import lr_schedule, mrcnn_config
+from bookseg.mrcnn.config import NORMS, PRECISIONS
 
 # Per-fold metrics the CV loop aggregates (kept here so validation does not import TensorFlow).
 FOLD_METRICS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "box_ap75", "mask_ap50_matterport")
@@ -40,6 +40,8 @@ def validate(cfg: DictConfig) -> None:
         problems.append(f"model.tiny_channels needs 4 widths (C2..C5), got {list(m.tiny_channels)}")
     if m.images_per_batch < 1:
         problems.append("model.images_per_batch must be >= 1")
+    if m.norm not in NORMS:
+        problems.append(f"model.norm={m.norm!r}: use {', '.join(NORMS)}")
     if m.precision not in PRECISIONS:
         problems.append(f"model.precision={m.precision!r}: use {' or '.join(PRECISIONS)}")
     if not 0 < m.roi_positive_ratio <= 1:
@@ -91,6 +93,10 @@ def validate(cfg: DictConfig) -> None:
             problems.append(f"{where}.learning_rate must be positive")
     if s.steps_per_epoch < 1 or s.validation_steps < 0:
         problems.append("stages.steps_per_epoch must be >= 1 and stages.validation_steps >= 0")
+    try:
+        lr_schedule(cfg)
+    except ValueError as exc:
+        problems.append(f"stages (learning-rate schedule): {exc}")
 
     c = cfg.cv
     if c.k < 2:
@@ -122,3 +128,16 @@ def validate(cfg: DictConfig) -> None:
 
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def config_warnings(cfg: DictConfig) -> list[str]:
+    """Settings that run but are very likely a mistake, each with the fix."""
+    warnings = []
+    if cfg.model.norm == "frozen_bn" and not cfg.model.weights:
+        warnings.append(
+            "model.norm=frozen_bn without model.weights: BatchNorm stays frozen at its initial statistics "
+            "(mean 0, variance 1), so the network trains with no normalisation at all and learns real photos "
+            "poorly. Train from scratch with model.norm=group_norm (or batch_norm); keep frozen_bn for "
+            "pretrained weights."
+        )
+    return warnings

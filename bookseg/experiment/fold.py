@@ -90,7 +90,7 @@ def run_fold(cfg: DictConfig, index: int, train: list[ImageRecord], val: list[Im
         train_stages(
             model, train_data, val_data, factory.stages(cfg), factory.optimizer_spec(cfg),
             steps_per_epoch=cfg.stages.steps_per_epoch, validation_steps=None,
-            callbacks=callbacks, initial_epoch=initial_epoch, verbose=0,
+            callbacks=callbacks, initial_epoch=initial_epoch, verbose=0, lr_schedule=factory.lr_schedule(cfg),
         )
 
     metrics, overlays = evaluate_fold(cfg, model, val, class_names)

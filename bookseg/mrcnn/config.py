@@ -21,7 +21,9 @@ class MrcnnConfig:
     rpn_conv_channels: int = 512  # matterport's rpn_conv_shared width
     mask_head_channels: int = 256
     tiny_channels: tuple[int, ...] = (16, 32, 64, 128)  # stage widths of the tiny backbone (C2..C5)
-    train_bn: bool | None = False  # False: frozen BN (inference mode); True: batch stats; None: follow `training`
+    # Norm layers of backbone, FPN and heads: "frozen_bn" (matterport's TRAIN_BN = False: right for
+    # pretrained weights) | "batch_norm" | "group_norm" (from scratch). See normalization.py.
+    norm: str = "frozen_bn"
     num_classes: int = 2  # including background
     # Keras dtype policy of the layers: "float32", or "mixed_bfloat16" (bfloat16 compute, float32
     # variables; the output layers, ROI pooling and all box maths stay float32). See docs/performance.md.
@@ -113,6 +115,8 @@ class MrcnnConfig:
             raise ValueError(f"unknown backbone {self.backbone!r}: use resnet50, resnet101 or tiny")
         if self.num_classes < 2:
             raise ValueError("num_classes counts the background too, so it must be >= 2")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}: use {', '.join(NORMS)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}: use {' or '.join(PRECISIONS)}")
         if self.weight_decay_mode not in ("matterport", "l2"):
@@ -123,4 +127,5 @@ class MrcnnConfig:
 
 
 PRECISIONS = ("float32", "mixed_bfloat16")
+NORMS = ("frozen_bn", "batch_norm", "group_norm")
 LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss")

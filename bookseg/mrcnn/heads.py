@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from bookseg.mrcnn.backbone import BatchNorm
+from bookseg.mrcnn.normalization import normalize
 
 
 def build_classifier_head(config) -> keras.Model:
@@ -36,10 +36,10 @@ def build_classifier_head(config) -> keras.Model:
     num_classes = config.num_classes
     pooled = keras.Input(shape=(pool, pool, depth), name="input_pooled_rois")
     x = layers.Conv2D(width, pool, padding="valid", name="mrcnn_class_conv1")(pooled)
-    x = BatchNorm(train_bn=config.train_bn, name="mrcnn_class_bn1")(x)
+    x = normalize(x, config.norm, "mrcnn_class_bn1")
     x = layers.Activation("relu")(x)
     x = layers.Conv2D(width, 1, name="mrcnn_class_conv2")(x)
-    x = BatchNorm(train_bn=config.train_bn, name="mrcnn_class_bn2")(x)
+    x = normalize(x, config.norm, "mrcnn_class_bn2")
     x = layers.Activation("relu")(x)
     shared = layers.Reshape((width,), name="pool_squeeze")(x)
     class_logits = layers.Dense(num_classes, name="mrcnn_class_logits", dtype="float32")(shared)
@@ -60,7 +60,7 @@ def build_mask_head(config) -> keras.Model:
     x = pooled
     for i in range(1, 5):
         x = layers.Conv2D(width, 3, padding="same", name=f"mrcnn_mask_conv{i}")(x)
-        x = BatchNorm(train_bn=config.train_bn, name=f"mrcnn_mask_bn{i}")(x)
+        x = normalize(x, config.norm, f"mrcnn_mask_bn{i}")
         x = layers.Activation("relu")(x)
     x = layers.Conv2DTranspose(width, 2, strides=2, activation="relu", name="mrcnn_mask_deconv")(x)
     mask_logits = layers.Conv2D(config.num_classes, 1, name="mrcnn_mask", dtype="float32")(x)

@@ -31,6 +31,7 @@ from bookseg.mrcnn.detection import DetectionLayer
 from bookseg.mrcnn.detection_targets import DetectionTargetLayer, max_positive_rois
 from bookseg.mrcnn.fpn import fpn_graph
 from bookseg.mrcnn.heads import apply_head, build_classifier_head, build_mask_head
+from bookseg.mrcnn.normalization import is_norm_layer
 from bookseg.mrcnn.proposals import ProposalLayer, norm_boxes_graph
 from bookseg.mrcnn.roi_align import PyramidROIAlign
 from bookseg.mrcnn.rpn import build_rpn_model, run_rpn
@@ -60,7 +61,8 @@ def build_backbone_fpn(config: MrcnnConfig) -> keras.Model:
     """Functional model "backbone_fpn": molded image [B, H, W, 3] -> [P2, P3, P4, P5, P6]."""
     image = keras.Input(shape=(None, None, 3), name="input_image")
     c2, c3, c4, c5 = backbone_graph(image, config)
-    return keras.Model(image, fpn_graph(c2, c3, c4, c5, config.top_down_pyramid_size), name="backbone_fpn")
+    pyramid = fpn_graph(c2, c3, c4, c5, config.top_down_pyramid_size, config.norm)
+    return keras.Model(image, pyramid, name="backbone_fpn")
 
 
 def named_weight_layers(model: MaskRCNN) -> dict[str, keras.layers.Layer]:
@@ -129,7 +131,7 @@ class MaskRCNN(keras.Model):
         self.roi_align_mask = PyramidROIAlign((config.mask_pool_size, config.mask_pool_size), "roi_align_mask")
         self.detection_layer = DetectionLayer(config)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOG_NAMES}
-        self._bn_scale_paths = frozenset(v.path for v in self.batch_norm_scales())
+        self._norm_scale_paths = frozenset(v.path for v in self.norm_scales())
         self._inference_functions = {}
         self.built = True
 
@@ -152,7 +154,7 @@ class MaskRCNN(keras.Model):
 
         Args:
             batch: training batch (contract "Training batch"); image shape must be static.
-            training: passed to the sub-models (BatchNorm follows `config.train_bn` anyway).
+            training: passed to the sub-models (batch statistics with `config.norm` "batch_norm").
             deterministic: fixed ROI sampling (used for validation).
 
         Returns:
@@ -221,17 +223,17 @@ class MaskRCNN(keras.Model):
             ),
         }
 
-    def batch_norm_scales(self) -> list:
-        """BatchNorm gamma and beta variables of every BN layer (never weight-decayed)."""
+    def norm_scales(self) -> list:
+        """Gamma and beta variables of every norm layer (never weight-decayed)."""
         scales = []
         for layer in named_weight_layers(self).values():
-            if isinstance(layer, keras.layers.BatchNormalization):
+            if is_norm_layer(layer):
                 scales += [layer.gamma, layer.beta]
         return scales
 
     def weight_decay_variables(self) -> list:
-        """Trainable weights that take weight decay: all but BatchNorm gamma/beta (matterport)."""
-        return [v for v in self.trainable_variables if v.path not in self._bn_scale_paths]
+        """Trainable weights that take weight decay: all but norm gamma/beta (matterport)."""
+        return [v for v in self.trainable_variables if v.path not in self._norm_scale_paths]
 
     def l2_loss(self):
         """Weight-decay term on the current trainable set (see `losses.weight_decay_loss`)."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import keras
 
+from bookseg.mrcnn.lr_schedule import LrSchedule
 from bookseg.mrcnn.model import named_weight_layers
 
 _HEADS = r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)"
@@ -80,6 +81,26 @@ class OptimizerSpec:
             raise ValueError(f"unknown optimizer {self.name!r}: use sgd or adamw")
         if self.clipnorm is not None and not self.clipnorm > 0:
             raise ValueError(f"clipnorm must be > 0 or None, got {self.clipnorm}")
+
+
+class StageLearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    """A stage's `LrSchedule` as a Keras schedule of the optimizer's step counter.
+
+    The optimizer of a stage starts at step 0; `first_step` is the stage step it starts at (> 0
+    when a stage is resumed mid-way), `steps_before_stage` the training steps of earlier stages.
+    """
+
+    def __init__(self, schedule: LrSchedule, base_rate: float, stage_steps: int, first_step: int = 0,
+                 steps_before_stage: int = 0):
+        self.schedule, self.base_rate = schedule, float(base_rate)
+        self.stage_steps, self.first_step, self.steps_before_stage = stage_steps, first_step, steps_before_stage
+
+    def __call__(self, step):
+        return self.schedule.rate(self.base_rate, step + self.first_step, self.stage_steps, self.steps_before_stage)
+
+    def get_config(self):
+        return {"base_rate": self.base_rate, "stage_steps": self.stage_steps, "first_step": self.first_step,
+                "steps_before_stage": self.steps_before_stage, **self.schedule.__dict__}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -157,8 +178,9 @@ def set_trainable(model, layers: str) -> int:
     return len(model.trainable_weights)
 
 
-def make_optimizer(spec: OptimizerSpec, learning_rate: float, no_decay_variables=()):
-    """Keras optimizer for `spec` at `learning_rate` (global-norm clipping when spec.clipnorm)."""
+def make_optimizer(spec: OptimizerSpec, learning_rate, no_decay_variables=()):
+    """Keras optimizer for `spec` at `learning_rate` (a float or a Keras schedule; global-norm
+    clipping when spec.clipnorm)."""
     if spec.name == "sgd":
         return keras.optimizers.SGD(learning_rate, momentum=spec.momentum, global_clipnorm=spec.clipnorm)
     optimizer = keras.optimizers.AdamW(
@@ -171,7 +193,8 @@ def make_optimizer(spec: OptimizerSpec, learning_rate: float, no_decay_variables
 
 
 def train_stages(model, train_data, val_data, stages, optimizer: OptimizerSpec, *, steps_per_epoch: int,
-                 validation_steps: int | None, callbacks=(), initial_epoch: int = 0, verbose=1) -> list[dict]:
+                 validation_steps: int | None, callbacks=(), initial_epoch: int = 0, verbose=1,
+                 lr_schedule: LrSchedule | None = None) -> list[dict]:
     """Train `model` through `stages` in order.
 
     Args:
@@ -185,14 +208,17 @@ def train_stages(model, train_data, val_data, stages, optimizer: OptimizerSpec, 
         initial_epoch: epochs already done (resume): finished stages are skipped, a stage in
             progress continues at this epoch.
         verbose: passed to `fit`.
+        lr_schedule: warm-up and decay within each stage (default: constant rates, matterport).
 
     Returns:
         One dict per epoch trained: {"epoch": global 1-based epoch, "stage": stage index,
-        "learning_rate": ..., "loss": ..., "rpn_class_loss": ..., ..., "val_loss": ...}.
+        "learning_rate": rate at the epoch's last step, "loss": ..., "rpn_class_loss": ..., ...,
+        "val_loss": ...}.
 
     Raises:
         NonFiniteLossError: a loss became NaN/inf (the offending update was not applied).
     """
+    lr_schedule = lr_schedule or LrSchedule()
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
     if initial_epoch < 0:
@@ -204,10 +230,9 @@ def train_stages(model, train_data, val_data, stages, optimizer: OptimizerSpec, 
         first_epoch = max(stage_start, initial_epoch)
         if first_epoch < stage_end:
             set_trainable(model, stage.layers)
-            model.compile(
-                optimizer=make_optimizer(optimizer, stage.learning_rate, model.batch_norm_scales()),
-                jit_compile=False,
-            )
+            rate = StageLearningRate(lr_schedule, stage.learning_rate, stage.epochs * steps_per_epoch,
+                                     (first_epoch - stage_start) * steps_per_epoch, stage_start * steps_per_epoch)
+            model.compile(optimizer=make_optimizer(optimizer, rate, model.norm_scales()), jit_compile=False)
             history = model.fit(
                 train_data,
                 validation_data=val_data,
@@ -221,8 +246,7 @@ def train_stages(model, train_data, val_data, stages, optimizer: OptimizerSpec, 
             )
             for row, epoch in enumerate(history.epoch):
                 logs = {name: float(values[row]) for name, values in history.history.items()}
-                epoch_logs.append(
-                    {"epoch": epoch + 1, "stage": index, "learning_rate": float(stage.learning_rate), **logs}
-                )
+                learning_rate = float(rate((epoch + 1 - first_epoch) * steps_per_epoch - 1))
+                epoch_logs.append({"epoch": epoch + 1, "stage": index, "learning_rate": learning_rate, **logs})
         stage_start = stage_end
     return epoch_logs

@@ -1,13 +1,12 @@
-"""Layer names, weight shapes and order of the matterport contract (§1.3), BatchNorm modes, tiny strides."""
+"""Layer names, weight shapes and order of matterport's backbone, tiny strides."""
 
 import keras
-import numpy as np
 import pytest
-import tensorflow as tf
 
-from bookseg.mrcnn.backbone import BatchNorm, backbone_graph
+from bookseg.mrcnn.backbone import backbone_graph
 from bookseg.mrcnn.config import MrcnnConfig
 from bookseg.mrcnn.model import MaskRCNN, named_weight_layers
+from bookseg.mrcnn.normalization import BatchNorm
 
 from .conftest import tiny_config
 
@@ -113,37 +112,3 @@ def test_tiny_names_never_clash_with_resnet_or_heads():
     backbone = [n for n in named if not n.startswith(("fpn_", "rpn_", "mrcnn_"))]
     assert backbone and all(n.startswith("tiny_c") for n in backbone)
     assert len(backbone) == 20  # 5 stages x (2 convs + 2 BNs)
-
-
-def _bn_after_batches(train_bn, training):
-    layer = BatchNorm(train_bn=train_bn)
-    x = tf.constant(np.random.default_rng(0).normal(5.0, 2.0, (8, 4, 4, 3)), tf.float32)
-    out = layer(x, training=training)
-    return layer, x, out
-
-
-def test_frozen_batchnorm_ignores_training_flag():
-    layer, x, out = _bn_after_batches(False, True)
-    np.testing.assert_allclose(layer.moving_mean.numpy(), 0.0)  # not updated
-    np.testing.assert_allclose(out.numpy(), x.numpy() / np.sqrt(1 + 1e-3), rtol=1e-5)  # inference mode
-
-
-def test_training_batchnorm_uses_batch_statistics_even_in_inference_calls():
-    layer, _x, out = _bn_after_batches(True, False)
-    assert np.all(layer.moving_mean.numpy() > 0.01)  # updated towards 5
-    assert abs(float(tf.reduce_mean(out))) < 1e-3  # normalised with batch statistics
-
-
-def test_batchnorm_none_follows_the_call_flag():
-    layer, _, _ = _bn_after_batches(None, False)
-    np.testing.assert_allclose(layer.moving_mean.numpy(), 0.0)
-    layer, _, _ = _bn_after_batches(None, True)
-    assert np.all(layer.moving_mean.numpy() > 0.01)
-
-
-@pytest.mark.parametrize("train_bn", [False, True, None])
-def test_every_batchnorm_of_the_model_follows_config_train_bn(train_bn):
-    named = named_weight_layers(MaskRCNN(tiny_config(train_bn=train_bn)))
-    bns = [layer for layer in named.values() if isinstance(layer, keras.layers.BatchNormalization)]
-    assert len(bns) == 10 + 2 + 4  # tiny backbone, classifier head, mask head
-    assert all(isinstance(layer, BatchNorm) and layer.train_bn is train_bn for layer in bns)

@@ -12,9 +12,9 @@ import pytest
 import tensorflow as tf
 
 from bookseg.evaluation.matterport_ap import mask_iou
-from bookseg.mrcnn.backbone import BatchNorm
 from bookseg.mrcnn.boxes import iou_matrix
 from bookseg.mrcnn.model import MaskRCNN
+from bookseg.mrcnn.normalization import BatchNorm
 
 from .conftest import make_batch, mask_aps, shelf_scene, tiny_config
 
