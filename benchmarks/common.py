@@ -161,7 +161,7 @@ def config_settings(config) -> dict:
     names = (
         "backbone", "precision", "rpn_conv_channels", "image_max_dim", "num_classes", "images_per_batch", "rpn_train_anchors_per_image",
         "pre_nms_limit", "post_nms_rois_training", "post_nms_rois_inference", "train_rois_per_image",
-        "detection_max_instances", "detection_min_confidence", "train_bn", "mask_shape", "mini_mask_shape",
+        "detection_max_instances", "detection_min_confidence", "norm", "mask_shape", "mini_mask_shape",
     )
     return {f"config.{name}": getattr(config, name) for name in names}
 

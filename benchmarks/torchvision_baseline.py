@@ -16,7 +16,7 @@ are the same seeded synthetic shelves as the bookseg scripts, fed by a `DataLoad
 flip, `--workers` processes); the wait in `next()` is timed apart from the step.
 
 Differences to keep in mind: without pretrained weights torchvision uses ordinary BatchNorm (batch
-statistics) where bookseg freezes BN (`train_bn=False`); torchvision's RPN keeps 2000 (training) /
+statistics) where bookseg freezes BN (`norm="frozen_bn"`); torchvision's RPN keeps 2000 (training) /
 1000 (inference) boxes per pyramid level before NMS, bookseg 6000 over all levels.
 """
 

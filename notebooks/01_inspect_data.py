@@ -34,12 +34,15 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 import bookseg
+from bookseg.analysis.mask_targets import mask_round_trip
 from bookseg.data.augment import build_augmentation
 from bookseg.data.check import dataset_stats, format_check
 from bookseg.data.folds import assign_groups, make_folds
 from bookseg.data.images import load_image_rgb
 from bookseg.data.readers import read_dataset
 from bookseg.data.synthetic import synthetic_dataset_path
+from bookseg.mrcnn.config import MrcnnConfig
+from bookseg.mrcnn.images import paste_masks, resize_geometry
 from bookseg.viz import draw_instances
 
 # %% tags=["parameters"]
@@ -52,6 +55,7 @@ K_FOLDS = 3
 SEED = 0
 N_EXAMPLES = 4  # images shown with their masks
 AUGMENTATION_DRAWS = 3  # random draws shown per augmentation preset
+MODEL_PRESET = "cpu"  # conf/model preset whose input size and mask sizes the mask-target section uses
 SYNTHETIC = {"n_images": 48, "seed": 0, "image_size": (256, 256)}  # the default job's data set
 CACHE_DIR = Path(os.environ.get("BOOKSEG_CACHE", Path.cwd() / ".cache" / "bookseg"))
 CONF_DIR = Path(bookseg.__file__).resolve().parents[1] / "conf"
@@ -218,5 +222,43 @@ for row, path in zip(axes, presets):
         ax.set_yticks([])
         if augment is None and ax is not row[0]:
             ax.axis("off")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Mask targets: what the mask head is asked to learn
+#
+# A book's mask reaches the mask loss resized to the model's input, cropped to its box and shrunk to
+# the mini mask, then cut by the ROI and resized to the mask head's `mask_shape` (28 x 28); `detect`
+# pastes a prediction of that size back into the photo. Here every book goes through that path with
+# a perfect ROI and a perfect prediction (`bookseg.analysis.mask_targets.mask_round_trip`): the IoU
+# with its original mask is the most the mask head can reach on it. Left: the annotation; right: the
+# targets pasted back, for the image with the most books. If tall, thin or tilted books came back as
+# thin bands or blobs, the mask gap would be in the targets, not in learning.
+
+# %%
+preset = OmegaConf.load(CONF_DIR / "model" / f"{MODEL_PRESET}.yaml")
+mask_config = MrcnnConfig(
+    image_min_dim=preset.image_min_dim, image_max_dim=preset.image_max_dim,
+    mini_mask_shape=(preset.mini_mask_size, preset.mini_mask_size),
+)
+trip = mask_round_trip(dataset.records[:60], mask_config)
+print(f"model={MODEL_PRESET} ({preset.image_max_dim} px, mini mask {preset.mini_mask_size}, "
+      f"mask {mask_config.mask_shape[0]}): {trip.summary()}")
+shown = mask_round_trip([record], mask_config)
+height, width = record.height, record.width
+scale, window, _ = resize_geometry(height, width, mask_config)
+photo_boxes = np.round((shown.boxes - np.array([window[0], window[1]] * 2)) / scale).astype(np.int64)
+pasted = paste_masks(shown.targets, photo_boxes, (height, width))
+fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+axes[0].imshow(draw_instances(image, masks, numbered=False))
+axes[0].set_title(f"annotation: {masks.shape[-1]} books", fontsize=9)
+axes[1].imshow(draw_instances(image, pasted, numbered=False))
+axes[1].set_title(f"28 x 28 targets pasted back: median IoU {np.median(shown.iou):.3f}", fontsize=9)
+axes[2].scatter(trip.aspect, trip.iou, c=trip.fill, s=8, cmap="viridis")
+axes[2].set_xscale("log")
+axes[2].set(xlabel="box width / height at model size", ylabel="round-trip IoU", title="colour: share of box filled")
+for ax in axes[:2]:
+    ax.axis("off")
 fig.tight_layout()
 plt.show()

@@ -145,10 +145,12 @@ def test_inspect_data_notebook(workspace):
     assert "none: no transform" in text
     assert sum(changed.values()) >= 3, changed
     shown = figures(notebook)
-    assert len(shown) == 4  # examples, histograms, fold bars, augmentation grid
+    assert len(shown) == 5  # examples, histograms, fold bars, augmentation grid, mask targets
     assert all(image.std() > 10 for image in shown)  # drawn, not blank
     tables = [o.data["text/html"] for o in outputs(notebook, "execute_result") if "text/html" in o.data]
     assert len(tables) == 1 and "largest group" in tables[0]
+    # The synthetic shelves' masks survive the model's mask path (resize, mini mask, 28 x 28, paste).
+    assert number_after(text, "round-trip IoU median") > 0.85
 
 
 def test_inspect_model_notebook_trains_and_follows_one_image(workspace):
