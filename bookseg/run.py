@@ -60,11 +60,14 @@ def run(cfg: DictConfig, opened: dict) -> float:
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     # Imported after validation so that `--cfg job`, `--help` and config errors do not wait for TensorFlow.
     from bookseg.experiment.cv import aggregate, cross_validate, log_config, results_table
-    from bookseg.experiment.data import fingerprint, load_data
+    from bookseg.experiment.data import fingerprint, load_data, load_test_data
 
     dataset = load_data(cfg)
     print(dataset.report.summary() if dataset.report else "", flush=True)
-    data_print = fingerprint(dataset)
+    test = load_test_data(cfg, dataset)
+    if test:
+        print(f"test set: {len(test.records)} images, {test.num_instances} books from {test.source}", flush=True)
+    data_print = fingerprint(dataset) + (f"+test:{fingerprint(test)}" if test else "")
     overrides = _overrides()
     job_dir, _lock = job_directory(cfg, run_key(cfg, data_print, overrides))
     state = RunState(job_dir)
@@ -76,7 +79,7 @@ def run(cfg: DictConfig, opened: dict) -> float:
         opened["run_id"] = parent.info.run_id
         log_config(cfg, job_dir)
         mlflow.log_dict({"class_names": dataset.class_names}, "class_names.json")  # for `bookseg predict`
-        results = cross_validate(cfg, dataset, job_dir, state)
+        results = cross_validate(cfg, dataset, job_dir, state, test)
         summary = aggregate(results)
         mlflow.log_metrics(summary)
         table = results_table(results, summary)

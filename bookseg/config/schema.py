@@ -24,6 +24,15 @@ class SyntheticConfig:
 
 
 @dataclass
+class TestDataConfig:
+    """A held-out test set, scored by every fold model; never trained on, never in a fold."""
+
+    path: Optional[str] = None  # annotation file (or folder); None: no test set
+    kind: Optional[str] = None  # via | coco | labelme; None: same as data.kind
+    images_dir: Optional[str] = None  # default: next to the annotation file
+
+
+@dataclass
 class DataConfig:
     kind: str = "synthetic"  # synthetic | via | coco | labelme
     path: Optional[str] = None  # annotation file (or folder); unused for synthetic
@@ -34,6 +43,7 @@ class DataConfig:
     group_attribute: Optional[str] = None  # or a VIA file attribute naming the group
     cache_dir: str = "${oc.env:BOOKSEG_CACHE,${hydra:runtime.cwd}/.cache/bookseg}"  # synthetic data lives here
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    test: TestDataConfig = field(default_factory=TestDataConfig)
 
 
 @dataclass

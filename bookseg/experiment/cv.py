@@ -27,8 +27,11 @@ def prepare_folds(cfg: DictConfig, dataset, job_dir: Path) -> list[list[str]]:
     return folds
 
 
-def cross_validate(cfg: DictConfig, dataset, job_dir: Path, state: RunState) -> dict[int, dict[str, float]]:
-    """Run every selected fold not finished yet; returns {fold: metrics} for all selected folds."""
+def cross_validate(cfg: DictConfig, dataset, job_dir: Path, state: RunState, test=None) -> dict[int, dict[str, float]]:
+    """Run every selected fold not finished yet; returns {fold: metrics} for all selected folds.
+
+    `test`: the held-out test `Dataset` (or None); every fold model scores it (`test/<metric>`).
+    """
     folds = prepare_folds(cfg, dataset, job_dir)
     mlflow.log_artifact(str(job_dir / "folds.json"))
     selected = list(cfg.cv.folds) if cfg.cv.folds is not None else list(range(cfg.cv.k))
@@ -45,7 +48,8 @@ def cross_validate(cfg: DictConfig, dataset, job_dir: Path, state: RunState) -> 
         print(f"fold {index}: {len(train)} training / {len(val)} validation images", flush=True)
         with open_fold_run(state, index):
             mlflow.log_params({"fold": index, "n_train": len(train), "n_val": len(val)})
-            metrics = run_fold(cfg, index, train, val, dataset.class_names, job_dir / f"fold{index}", progress)
+            metrics = run_fold(cfg, index, train, val, dataset.class_names, job_dir / f"fold{index}", progress,
+                               test=test.records if test else None)
         fold_state["metrics"] = metrics
         state.save()
         print(f"fold {index}: " + "  ".join(f"{k}={v:.3f}" for k, v in metrics.items()), flush=True)
@@ -60,26 +64,31 @@ def aggregate(results: dict[int, dict[str, float]]) -> dict[str, float]:
     that metric's mean; `cv/n_folds` counts every fold run.
     """
     out = {}
-    for name in FOLD_METRICS:
-        values = np.array([m[name] for m in results.values()], float)
+    names = [(f"cv/{name}", name) for name in FOLD_METRICS]
+    if all(f"test/{name}" in m for m in results.values() for name in FOLD_METRICS):
+        names += [(f"test/{name}", f"test/{name}") for name in FOLD_METRICS]
+    for prefix, key in names:
+        values = np.array([m[key] for m in results.values()], float)
         finite = values[np.isfinite(values)]
-        out[f"cv/{name}_mean"] = float(finite.mean()) if finite.size else float("nan")
-        out[f"cv/{name}_std"] = float(finite.std()) if finite.size else float("nan")
+        out[f"{prefix}_mean"] = float(finite.mean()) if finite.size else float("nan")
+        out[f"{prefix}_std"] = float(finite.std()) if finite.size else float("nan")
     out["cv/n_folds"] = float(len(results))
     return out
 
 
 def results_table(results: dict[int, dict[str, float]], summary: dict[str, float]) -> str:
-    """Plain-text table: one row per fold, then mean ± std."""
-    names = ("mask_ap50", "mask_ap", "mask_ap75", "box_ap", "mask_ap50_matterport")
+    """Plain-text table: one row per fold, then mean ± std; a second one for the test set if scored."""
+    names = ("mask_ap50", "mask_ap", "mask_ap75", "box_ap50", "box_ap", "mask_ap50_matterport")
     width = max(len(n) for n in names) + 2
-    lines = ["fold".ljust(8) + "".join(n.rjust(width) for n in names)]
-    for index in sorted(results):
-        lines.append(f"{index:<8}" + "".join(f"{results[index][n]:.3f}".rjust(width) for n in names))
-    lines.append(
-        "mean±std".ljust(8)
-        + "".join(f"{summary[f'cv/{n}_mean']:.3f}±{summary[f'cv/{n}_std']:.3f}".rjust(width) for n in names)
-    )
+    tables = [("cv", "")] + ([("test", "test/")] if "test/mask_ap50_mean" in summary else [])
+    lines = []
+    for prefix, key in tables:
+        title = "fold" if prefix == "cv" else "test, by fold model"
+        lines += ([""] if lines else []) + [title.ljust(8) + "".join(n.rjust(width) for n in names)]
+        for index in sorted(results):
+            lines.append(f"{index:<8}" + "".join(f"{results[index][key + n]:.3f}".rjust(width) for n in names))
+        lines.append("mean±std".ljust(8) + "".join(
+            f"{summary[f'{prefix}/{n}_mean']:.3f}±{summary[f'{prefix}/{n}_std']:.3f}".rjust(width) for n in names))
     return "\n".join(lines)
 
 

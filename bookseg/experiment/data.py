@@ -32,6 +32,55 @@ def load_data(cfg: DictConfig) -> Dataset:
     return dataset
 
 
+def load_test_data(cfg: DictConfig, dataset: Dataset) -> Dataset | None:
+    """The held-out test set of `cfg.data.test`, read with the training set's classes; None if unset.
+
+    Raises:
+        DatasetError: the test file has errors, or a classes the training set lacks.
+        ValueError: a test image is also a training image (same file content), naming both.
+    """
+    t, d = cfg.data.test, cfg.data
+    if not t.path:
+        return None
+    kind = t.kind or d.kind
+    if kind == "synthetic":
+        raise ValueError("data.test.kind=synthetic: a test set is an annotation file (via, coco or labelme)")
+    test = load_dataset(
+        Path(t.path).expanduser(),
+        format=kind,
+        images_dir=Path(t.images_dir).expanduser() if t.images_dir else None,
+        class_attribute=d.class_attribute,
+        default_class=d.default_class,
+        class_names=dataset.class_names,
+    )
+    _refuse_shared_images(dataset, test)
+    return test
+
+
+def _refuse_shared_images(train: Dataset, test: Dataset) -> None:
+    """Raise ValueError if an image file of `test` has the same content as one of `train`.
+
+    Only files of equal byte size are hashed, so the check reads few images.
+    """
+    by_size: dict[int, list] = {}
+    for record in train.records:
+        by_size.setdefault(Path(record.path).stat().st_size, []).append(record)
+    digests: dict = {}
+
+    def digest(record):
+        if record.path not in digests:
+            digests[record.path] = hashlib.sha256(Path(record.path).read_bytes()).hexdigest()
+        return digests[record.path]
+
+    for record in test.records:
+        for other in by_size.get(Path(record.path).stat().st_size, []):
+            if digest(record) == digest(other):
+                raise ValueError(
+                    f"test image {record.path} ({test.source}) is the same file as training image {other.path} "
+                    f"({train.source}): a test set must be held out"
+                )
+
+
 def fingerprint(dataset: Dataset) -> str:
     """Hash of the records: image names, byte sizes and sizes, groups and annotations.
 

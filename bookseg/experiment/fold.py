@@ -37,8 +37,11 @@ def stage_of_epoch(cfg: DictConfig):
 
 
 def run_fold(cfg: DictConfig, index: int, train: list[ImageRecord], val: list[ImageRecord],
-             class_names: list[str], fold_dir: Path, progress: JobProgress) -> dict[str, float]:
+             class_names: list[str], fold_dir: Path, progress: JobProgress,
+             test: list[ImageRecord] | None = None) -> dict[str, float]:
     """Train fold `index` (resuming from its last checkpoint), evaluate it, log everything to MLflow.
+
+    With `test` records (the held-out test set), the fold model scores them too: `test/<metric>`.
 
     Returns the fold's metrics (FOLD_METRICS), also logged on the active (child) run.
     """
@@ -94,7 +97,11 @@ def run_fold(cfg: DictConfig, index: int, train: list[ImageRecord], val: list[Im
         )
 
     metrics, overlays = evaluate_fold(cfg, model, val, class_names)
-    _log_artifacts(cfg, model, fold_dir, overlays, index)
+    test_overlays = []
+    if test:
+        test_metrics, test_overlays = evaluate_fold(cfg, model, test, class_names)
+        metrics.update({f"test/{name}": value for name, value in test_metrics.items()})
+    _log_artifacts(cfg, model, fold_dir, overlays, index, test_overlays)
     mlflow.log_metrics(metrics)  # last: a fold with final metrics is complete
     return metrics
 
@@ -121,7 +128,7 @@ def evaluate_fold(cfg: DictConfig, model, val: list[ImageRecord], class_names: l
     return metrics, kept
 
 
-def _log_artifacts(cfg: DictConfig, model, fold_dir: Path, overlays, index: int) -> None:
+def _log_artifacts(cfg: DictConfig, model, fold_dir: Path, overlays, index: int, test_overlays=()) -> None:
     from bookseg.viz import draw_instances, save_image, side_by_side
 
     run = mlflow.active_run()
@@ -131,12 +138,13 @@ def _log_artifacts(cfg: DictConfig, model, fold_dir: Path, overlays, index: int)
         tmp = Path(tmp)
         plot_loss_curves(history, tmp / "loss_curves.png", title=f"fold {index}")
         mlflow.log_artifact(str(tmp / "loss_curves.png"))
-        for i, (record, image, pred) in enumerate(overlays):
-            gt = draw_instances(image, record.masks())
-            dt = draw_instances(image, pred["masks"], scores=pred["scores"])
-            path = tmp / f"val_{i:02d}_{Path(record.image_id).stem}.jpg"
-            save_image(path, side_by_side(gt, dt))
-            mlflow.log_artifact(str(path), "overlays")
+        for prefix, kept in (("val", overlays), ("test", test_overlays)):
+            for i, (record, image, pred) in enumerate(kept):
+                gt = draw_instances(image, record.masks())
+                dt = draw_instances(image, pred["masks"], scores=pred["scores"])
+                path = tmp / f"{prefix}_{i:02d}_{Path(record.image_id).stem}.jpg"
+                save_image(path, side_by_side(gt, dt))
+                mlflow.log_artifact(str(path), "overlays")
         if cfg.tracking.log_weights:
             weights = tmp / f"mask_rcnn_fold{index}.weights.h5"
             model.save_weights(str(weights))

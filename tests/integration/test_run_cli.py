@@ -10,7 +10,7 @@ import pytest
 from bookseg.mrcnn.config import LOSS_NAMES
 from tests.integration.conftest import CliRunner
 
-FOLD_METRICS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "mask_ap50_matterport")
+FOLD_METRICS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "mask_ap50_matterport")
 
 
 def _artifact_paths(client, run_id, path=""):
