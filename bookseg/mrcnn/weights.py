@@ -196,11 +196,17 @@ def load_weights(model_or_layers, path, *, exclude=(), by_name=True, strict=True
         strict: raise `WeightLoadError` on a shape or array-count mismatch; with False such layers
             are left as they are and listed in `mismatched`.
 
+    A Keras 3 `.weights.h5` file (bookseg's fold weights and checkpoints, e.g. a synthetic
+    pre-training run's) is restored whole instead: it fits only a model of the same architecture
+    (model preset, norm, number of anchor ratios and of classes), and `exclude` cannot apply.
+
     Returns:
         `LoadReport`. Class-dependent heads are skipped automatically (and reported) when the
         file's class count differs from the model's.
     """
     path = Path(path)
+    if hasattr(model_or_layers, "backbone_fpn") and is_keras3_weights(path):  # a whole bookseg MaskRCNN
+        return _load_keras3_weights(model_or_layers, path, exclude)
     file_layers = read_legacy_h5(path)
     targets = _model_layers(model_or_layers)
     report = LoadReport(path=str(path))
@@ -248,6 +254,32 @@ def load_weights(model_or_layers, path, *, exclude=(), by_name=True, strict=True
         report.notes.append(
             f"exclude names neither in the model nor in the file (typo?): {', '.join(unknown)}"
         )
+    return report
+
+
+def is_keras3_weights(path) -> bool:
+    """True for a Keras 3 `save_weights` file (its top level holds `vars` / `layers`, no `layer_names`)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return "layer_names" not in f.attrs and "model_weights" not in f and ("vars" in f or "layers" in f)
+    except OSError:  # missing or not HDF5: `read_legacy_h5` reports it
+        return False
+
+
+def _load_keras3_weights(model, path: Path, exclude) -> LoadReport:
+    if exclude:
+        raise WeightLoadError(f"{path}: a Keras 3 .weights.h5 file is restored whole; exclude={sorted(exclude)} "
+                              "needs a legacy h5 (matterport layout)")
+    try:
+        load_checkpoint(model, path)
+    except WeightLoadError as err:
+        first_lines = " ".join(str(err).split("\n")[:3])  # Keras goes on to list every layer
+        raise WeightLoadError(
+            f"{first_lines} ... A Keras 3 weights file fits only the architecture it was saved from: same model "
+            "preset, model.norm, number of anchor ratios and classes"
+        ) from err
+    report = LoadReport(path=str(path), loaded=[name for name, layer in _model_layers(model).items() if layer.weights])
+    report.notes.append("Keras 3 weights file: every layer restored (same architecture)")
     return report
 
 

@@ -102,3 +102,20 @@ def test_frozen_bn_weights_do_not_load_into_group_norm_layers(tmp_path):
     path = save_legacy_weights(MaskRCNN(tiny_config()), tmp_path / "frozen.h5")
     with pytest.raises(WeightLoadError, match="tiny_c1_bn1"):
         load_weights(MaskRCNN(tiny_config(norm="group_norm")), path)
+
+
+def test_fold_weights_of_a_pretraining_run_load_as_model_weights(tmp_path):
+    """Pre-train, then fine-tune: a Keras 3 .weights.h5 (what a fold logs) is a valid `model.weights`
+    for the same architecture, and a clear error for another one."""
+    pretrained = MaskRCNN(tiny_config(norm="batch_norm"))
+    path = tmp_path / "mask_rcnn_fold0.weights.h5"
+    pretrained.save_weights(str(path))
+    model = MaskRCNN(tiny_config(norm="batch_norm"))
+    report = load_weights(model, path)
+    assert "tiny_c1_bn1" in report.loaded and "rpn_model" in report.loaded
+    for ours, theirs in zip(model.get_weights(), pretrained.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
+    with pytest.raises(WeightLoadError, match="fits only the architecture it was saved from"):
+        load_weights(MaskRCNN(tiny_config(norm="group_norm")), path)
+    with pytest.raises(WeightLoadError, match="restored whole"):
+        load_weights(model, path, exclude=["mrcnn_mask"])
