@@ -145,6 +145,12 @@ def build_model(
         raise ModelSourceError(f"weights file not found: {weights}")
     if not class_names:
         raise ModelSourceError("at least one class name is needed")
+    if cfg.anchors.get("auto"):
+        raise ModelSourceError(
+            "this config fits its anchors per fold (anchors.auto): load the model with --run, or set "
+            "anchors.scales / anchors.ratios to the fold's values (its anchors.json, or the fold run's "
+            "anchors/fitted_* params) and anchors.auto=false"
+        )
     config = factory.mrcnn_config(cfg, num_classes=len(class_names) + 1)
     model = MaskRCNN(config.replace(precision=precision) if precision else config)
     try:
@@ -226,6 +232,7 @@ def load_from_run(
         names = list(class_names) if class_names else _logged_class_names(uri, parent_id, Path(tmp))
         if not names:
             names = class_names_from_config(cfg)
+        cfg = _with_fitted_anchors(cfg, child)
         weights = _download(uri, child.info.run_id, _weights_artifact(client, child), Path(tmp))
         score = child.data.metrics.get(BEST_FOLD_METRIC)
         source = (
@@ -233,6 +240,21 @@ def load_from_run(
             f"{BEST_FOLD_METRIC}={score if score is None else round(score, 4)})"
         )
         return build_model(cfg, names, weights, source, precision=precision)
+
+
+def _with_fitted_anchors(cfg: DictConfig, child) -> DictConfig:
+    """`cfg` with the anchors the fold trained with: with `anchors.auto` they were fitted per fold and
+    logged on the fold's run (`anchors/fitted_scales`, `anchors/fitted_ratios`)."""
+    if not cfg.anchors.get("auto"):
+        return cfg
+    params = child.data.params
+    if "anchors/fitted_scales" not in params:
+        raise ModelSourceError(f"fold run {child.info.run_id} used anchors.auto but logged no fitted anchors")
+    cfg = cfg.copy()
+    cfg.anchors.scales = json.loads(params["anchors/fitted_scales"])
+    cfg.anchors.ratios = json.loads(params["anchors/fitted_ratios"])
+    cfg.anchors.auto = False
+    return cfg
 
 
 def _fold_of(child) -> int:

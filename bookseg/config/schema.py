@@ -83,12 +83,26 @@ class AnchorsConfig:
     scales: list[float] = field(default_factory=lambda: [32, 64, 128, 256, 512])  # one per level P2..P6, px
     ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # width / height
     stride: int = 1  # anchors every N feature cells
+    auto: bool = False  # fit scales and ratios to each fold's training boxes, starting from the ones above
+    auto_ratios: Optional[int] = None  # with auto: how many ratios to fit; null: as many as `ratios` lists
+
+
+@dataclass
+class CopyPasteConfig:
+    """Copy-paste of books from the fold's training photos (bookseg.data.copy_paste), before `transforms`."""
+
+    p: float = 0.0  # probability that a training image gets pasted books; 0: off
+    max_instances: int = 10  # books pasted per image: uniform in 1..max_instances, all from one source photo
+    scale: list[float] = field(default_factory=lambda: [0.8, 1.25])  # [lo, hi] random resize of pasted books
+    hflip: float = 0.5  # probability that a pasted book is mirrored left-right
+    min_visible_pixels: int = 1  # books that pasting covers down to fewer visible pixels are removed
 
 
 @dataclass
 class AugmentationConfig:
     name: str = "none"
     transforms: list[Any] = field(default_factory=list)  # albumentations items with `_target_`
+    copy_paste: CopyPasteConfig = field(default_factory=CopyPasteConfig)  # off unless copy_paste.p > 0
 
 
 @dataclass

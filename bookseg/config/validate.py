@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from bookseg.data.augment import build_augmentation
+from bookseg.data.copy_paste import settings_problems as copy_paste_problems
 from bookseg.factory import lr_schedule, mrcnn_config
 from bookseg.mrcnn.config import NORMS, PRECISIONS
 
@@ -58,6 +59,8 @@ def validate(cfg: DictConfig) -> None:
         problems.append("anchors.scales and anchors.ratios must be positive (and ratios non-empty)")
     if a.stride < 1:
         problems.append("anchors.stride must be >= 1")
+    if a.auto_ratios is not None and a.auto_ratios < 1:
+        problems.append(f"anchors.auto_ratios={a.auto_ratios} must be >= 1 (or null: as many as anchors.ratios)")
 
     o = cfg.optimizer
     if o.name not in ("sgd", "adamw"):
@@ -68,6 +71,8 @@ def validate(cfg: DictConfig) -> None:
         build_augmentation(OmegaConf.to_container(cfg.augmentation.transforms, resolve=True))
     except Exception as exc:  # noqa: BLE001 - any instantiation error of a user's transform list
         problems.append(f"augmentation.transforms: {type(exc).__name__}: {exc}")
+    copy_paste = OmegaConf.to_container(cfg.augmentation.copy_paste, resolve=True)
+    problems += [f"augmentation.copy_paste.{problem}" for problem in copy_paste_problems(**copy_paste)]
 
     s = cfg.stages
     if not s.schedule:

@@ -13,6 +13,9 @@ with `mask_interpolation=INTER_NEAREST` (it overrides every transform's own sett
 binary, and transforms that fill the border must use a constant border with mask fill 0 (a mirrored
 or replicated border would create copies of books that have no mask). Boxes are recomputed from
 the augmented masks; instances pushed out of the frame are dropped and counted.
+
+Copy-paste (`bookseg.data.copy_paste.CopyPaster`, passed as `copy_paste=`) runs before the
+transforms, so they apply to the composite image.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class AugmentResult:
         class_ids: int32 [M], class ids of the kept instances (input order).
         boxes: int32 [M, 4] (y1, x1, y2, x2) pixels, y2/x2 exclusive, tight around `masks`.
         dropped: number of instances removed because fewer than `min_visible_pixels` stayed visible.
+        pasted: instances added by copy-paste (counted before the transforms, which may drop some).
     """
 
     image: np.ndarray
@@ -46,6 +50,7 @@ class AugmentResult:
     class_ids: np.ndarray
     boxes: np.ndarray
     dropped: int
+    pasted: int = 0
 
 
 class Augmenter:
@@ -57,25 +62,32 @@ class Augmenter:
     Without `rng`, calls share one pipeline behind a lock.
 
     Args:
-        transforms: albumentations transforms, applied in order.
+        transforms: albumentations transforms, applied in order (may be empty with `copy_paste`).
         seed: seed of the pipeline's random state (None: nondeterministic).
         min_visible_pixels: instances with fewer mask pixels after the transforms are dropped.
+        copy_paste: optional `CopyPaster` applied before the transforms; with `rng` it draws from
+            it after the transforms' seed, so an example's transforms are the same with or without it.
     """
 
-    def __init__(self, transforms: Sequence, *, seed: int | None = None, min_visible_pixels: int = 1):
+    def __init__(
+        self, transforms: Sequence, *, seed: int | None = None, min_visible_pixels: int = 1, copy_paste=None
+    ):
         if min_visible_pixels < 1:
             raise ValueError(f"min_visible_pixels must be >= 1, got {min_visible_pixels}")
         for index, transform in enumerate(transforms):
             _check_transform(transform, f"augmentation item {index}")
         self.transforms = list(transforms)
         self.min_visible_pixels = int(min_visible_pixels)
+        self.copy_paste = copy_paste
         self._compose = A.Compose(self.transforms, mask_interpolation=cv2.INTER_NEAREST, seed=seed)
+        self._paste_seeds = np.random.default_rng(seed)  # copy-paste randomness of calls without `rng`
         self._lock = threading.Lock()
         self._local = threading.local()
 
     def __repr__(self) -> str:
         names = ", ".join(type(t).__name__ for t in self.transforms)
-        return f"Augmenter([{names}], min_visible_pixels={self.min_visible_pixels})"
+        paste = "" if self.copy_paste is None else f", copy_paste={self.copy_paste!r}"
+        return f"Augmenter([{names}], min_visible_pixels={self.min_visible_pixels}{paste})"
 
     def __call__(
         self,
@@ -97,6 +109,20 @@ class Augmenter:
             AugmentResult with the kept instances in input order.
         """
         image, masks, class_ids = _check_inputs(image, masks, class_ids)
+        transform_seed = None if rng is None else int(rng.integers(2**31 - 1))
+        pasted = dropped = 0
+        if self.copy_paste is not None:
+            if rng is None:
+                with self._lock:
+                    paste_rng = np.random.default_rng(self._paste_seeds.integers(2**63))
+            else:
+                paste_rng = rng
+            with_boxes = not self.transforms  # else the boxes are recomputed after the transforms
+            composite = self.copy_paste(image, masks, class_ids, rng=paste_rng, with_boxes=with_boxes)
+            if not self.transforms:
+                return composite
+            image, masks, class_ids = composite.image, composite.masks, composite.class_ids
+            pasted, dropped = composite.pasted, composite.dropped
         stacked = np.ascontiguousarray(np.moveaxis(masks, -1, 0), dtype=np.uint8)
         # albumentations stacks a list of masks; it cannot stack an empty one, so N = 0 goes as [].
         masks_in = stacked if len(stacked) else []
@@ -107,7 +133,7 @@ class Augmenter:
             compose = getattr(self._local, "compose", None)
             if compose is None:
                 compose = self._local.compose = copy.deepcopy(self._compose)
-            compose.set_random_seed(int(rng.integers(2**31 - 1)))
+            compose.set_random_seed(transform_seed)
             out = compose(image=image, masks=masks_in)
         new_image = np.ascontiguousarray(out["image"], dtype=np.uint8)
         height, width = new_image.shape[:2]
@@ -127,14 +153,15 @@ class Augmenter:
             masks=new_masks,
             class_ids=class_ids[keep],
             boxes=boxes_from_masks(new_masks),
-            dropped=int((~keep).sum()),
+            dropped=dropped + int((~keep).sum()),
+            pasted=pasted,
         )
 
 
 def build_augmentation(
-    spec: Sequence | Mapping | None, *, seed: int | None = None, min_visible_pixels: int = 1
+    spec: Sequence | Mapping | None, *, seed: int | None = None, min_visible_pixels: int = 1, copy_paste=None
 ) -> Augmenter | None:
-    """Build an `Augmenter` from Hydra-style items; None when `spec` is empty.
+    """Build an `Augmenter` from Hydra-style items; None when `spec` is empty and `copy_paste` None.
 
     Args:
         spec: list of items, or dict name -> item (insertion order; None items are skipped so a
@@ -144,6 +171,7 @@ def build_augmentation(
             already built albumentations transform. Plain containers or OmegaConf configs.
         seed: seed of the pipeline.
         min_visible_pixels: see `Augmenter`.
+        copy_paste: optional `bookseg.data.copy_paste.CopyPaster`, applied before the transforms.
 
     Raises:
         ValueError: an item without `_target_`, one that cannot be built, or a transform with a
@@ -156,7 +184,7 @@ def build_augmentation(
     if isinstance(spec, (DictConfig, ListConfig)):
         spec = OmegaConf.to_container(spec, resolve=True)
     if not spec:
-        return None
+        spec = []
     if isinstance(spec, Mapping):
         items = [(f"augmentation item {name!r}", item) for name, item in spec.items() if item is not None]
     elif isinstance(spec, Sequence) and not isinstance(spec, str):
@@ -181,9 +209,9 @@ def build_augmentation(
             )
         _check_transform(transform, label)
         transforms.append(transform)
-    if not transforms:
+    if not transforms and copy_paste is None:
         return None
-    return Augmenter(transforms, seed=seed, min_visible_pixels=min_visible_pixels)
+    return Augmenter(transforms, seed=seed, min_visible_pixels=min_visible_pixels, copy_paste=copy_paste)
 
 
 def _check_transform(transform, label: str) -> None:

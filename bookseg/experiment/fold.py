@@ -14,6 +14,7 @@ from bookseg import factory
 from bookseg.config.validate import FOLD_METRICS
 from bookseg.data.images import load_image_rgb
 from bookseg.data.records import ImageRecord
+from bookseg.experiment.anchors_fit import fold_anchor_config, ratio_count
 from bookseg.tracking.callbacks import EpochCheckpoint, JobProgress, MlflowEpochLogger
 from bookseg.tracking.plots import plot_loss_curves
 
@@ -46,6 +47,7 @@ def run_fold(cfg: DictConfig, index: int, train: list[ImageRecord], val: list[Im
     Returns the fold's metrics (FOLD_METRICS), also logged on the active (child) run.
     """
     from bookseg.data.augment import build_augmentation
+    from bookseg.data.copy_paste import build_copy_paste
     from bookseg.mrcnn.inputs import make_dataset
     from bookseg.mrcnn.model import MaskRCNN
     from bookseg.mrcnn.training import train_stages
@@ -54,6 +56,8 @@ def run_fold(cfg: DictConfig, index: int, train: list[ImageRecord], val: list[Im
     keras.backend.clear_session()
     keras.utils.set_random_seed(cfg.seed + index)
     config = factory.mrcnn_config(cfg, num_classes=len(class_names) + 1)
+    if cfg.anchors.auto:  # fitted to this fold's training boxes only, never to `val`
+        config = fold_anchor_config(config, train, ratio_count(cfg.anchors), fold_dir, index)
     model = MaskRCNN(config)
 
     ckpt_dir = fold_dir / "checkpoints"
@@ -69,8 +73,10 @@ def run_fold(cfg: DictConfig, index: int, train: list[ImageRecord], val: list[Im
         print(report.summary(), flush=True)
         mlflow.log_text(report.summary(), "weights_load_report.txt")
 
+    # Copy-paste sources: this fold's training records only, the list the training dataset is built from.
+    copy_paste = build_copy_paste(cfg.augmentation.copy_paste, train, class_names)
     augment = build_augmentation(OmegaConf.to_container(cfg.augmentation.transforms, resolve=True),
-                                 seed=cfg.seed + index)
+                                 seed=cfg.seed + index, copy_paste=copy_paste)
     train_data = make_dataset(train, config, class_names, augment=augment, shuffle=True,
                               seed=cfg.seed + index, repeat=True)
     # The same validation images every epoch (a finite pass), so val/* curves compare like with like:
