@@ -9,13 +9,14 @@ from omegaconf import OmegaConf
 
 from bookseg import factory
 from bookseg.config.schema import register_configs
-from bookseg.config.validate import ConfigError, validate
+from bookseg.config.validate import ConfigError, config_warnings, validate
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 REQUIRED = {
     "anchors_small", "anchors_tiny", "anchors_spines", "aug_flips", "aug_flips_rotate", "optimizer_sgd_clip",
     "optimizer_adamw", "weight_decay_high", "stages_heads_only", "stages_heads_4plus_all", "smoke",
+    "anchors_auto", "aug_copy_paste",
 }
 
 register_configs()
@@ -81,6 +82,10 @@ def test_sweep_presets_compose(name):
     (["augmentation.transforms=[{_target_: albumentations.NoSuchFlip}]"], "augmentation.transforms"),
     (["model.roi_positive_ratio=0"], "roi_positive_ratio"),
     (["model.precision=float16"], "model.precision='float16': use float32 or mixed_bfloat16"),
+    (["model.norm=layer_norm"], "model.norm='layer_norm': use frozen_bn, batch_norm, group_norm"),
+    (["stages.decay=linear"], "unknown learning-rate decay 'linear'"),
+    (["stages.warmup_factor=0"], "warmup_factor in"),
+    (["stages.step_at=[1.5]"], "step_at must be fractions"),
 ])
 def test_bad_values_are_rejected_with_the_key(override, message):
     # `+stages.schedule=` would append; use a plain override for that case.
@@ -88,6 +93,28 @@ def test_bad_values_are_rejected_with_the_key(override, message):
     cfg = _compose(override)
     with pytest.raises(ConfigError, match=message):
         validate(cfg)
+
+
+def test_from_scratch_presets_normalise_and_frozen_bn_from_scratch_is_warned():
+    """Every preset that trains from random initialisation uses real normalisation; frozen BN (right for
+    pretrained weights) without weights gets a warning that says what to do."""
+    for model in ("cpu", "cpu512", "tiny"):
+        cfg = _compose([f"model={model}"])
+        assert cfg.model.norm == "batch_norm" and config_warnings(cfg) == []
+    (warning,) = config_warnings(_compose(["model.norm=frozen_bn"]))
+    assert "no normalisation at all" in warning and "model.norm=group_norm" in warning
+    assert config_warnings(_compose(["model=resnet50"])) != []  # no weights: from scratch, frozen BN
+    assert _compose(["model=resnet50"]).model.norm == "frozen_bn"  # for mask_rcnn_coco.h5 / ImageNet weights
+
+
+def test_scratch_long_schedule_warms_up_and_decays():
+    cfg = _compose(["stages=scratch_long"])
+    schedule, (stage,) = factory.lr_schedule(cfg), factory.stages(cfg)
+    steps = stage.epochs * cfg.stages.steps_per_epoch
+    rates = [float(schedule.rate(stage.learning_rate, step, steps, 0)) for step in (0, 100, steps - 1)]
+    assert rates[0] < 0.01 * stage.learning_rate  # warm-up starts low
+    assert rates[1] == pytest.approx(stage.learning_rate, rel=0.03)  # full rate (cosine just begun) after 100 steps
+    assert rates[2] == pytest.approx(0.01 * stage.learning_rate, rel=0.05)  # cosine down to 1%
 
 
 def test_typos_are_rejected_by_the_schema():

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from bookseg.mrcnn.config import LOSS_NAMES, MrcnnConfig
+from bookseg.mrcnn.lr_schedule import LrSchedule
 from bookseg.mrcnn.model import MaskRCNN, named_weight_layers
 from bookseg.mrcnn.training import (
     NonFiniteLossError,
@@ -222,3 +223,21 @@ def test_overfit_tiny_model_on_synthetic_shelves(overfit_run):
     assert all(result["masks"].shape[:2] == (96, 128) for result in results)
     aps = mask_aps(results, overfit_run.gt_masks)
     assert np.mean(aps) >= 0.9, f"mask AP@0.5 per image {np.round(aps, 3)}, last losses {logs[-1]}"
+
+
+def test_learning_rate_schedule_warms_up_decays_and_resumes_where_it_was():
+    """Warm-up then cosine within the stage; a stage resumed mid-way continues the same curve."""
+    config = tiny_config()
+    _, data = _dataset(config, with_empty=False)
+    schedule = LrSchedule(warmup_steps=2, decay="cosine", min_lr_ratio=0.1)
+
+    def rates(initial_epoch):
+        logs = train_stages(MaskRCNN(config), data, None, [Stage("all", 3, 0.01)], OptimizerSpec(),
+                            steps_per_epoch=2, validation_steps=None, verbose=0, lr_schedule=schedule,
+                            initial_epoch=initial_epoch)
+        return [row["learning_rate"] for row in logs]
+
+    full = rates(0)
+    assert full[0] < full[1] > full[2]  # warming up at step 1, then decaying
+    assert full[2] == pytest.approx(0.01 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 5 / 6))), rel=1e-5)
+    assert rates(1) == pytest.approx(full[1:])
