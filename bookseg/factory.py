@@ -38,6 +38,8 @@ def mrcnn_config(cfg: DictConfig, num_classes: int) -> MrcnnConfig:
         roi_positive_ratio=m.roi_positive_ratio,
         use_mini_mask=m.use_mini_mask,
         mini_mask_shape=(m.mini_mask_size, m.mini_mask_size),
+        mask_pool_size=m.mask_pool_size,
+        mask_shape=(2 * m.mask_pool_size, 2 * m.mask_pool_size),
         max_gt_instances=m.max_gt_instances,
         detection_max_instances=m.detection_max_instances,
         detection_min_confidence=m.detection_min_confidence,

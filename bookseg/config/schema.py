@@ -71,6 +71,7 @@ class ModelConfig:
     max_gt_instances: int = 100
     use_mini_mask: bool = True
     mini_mask_size: int = 56
+    mask_pool_size: int = 14  # ROI Align size of the mask head; its masks are twice that (28 x 28)
     detection_max_instances: int = 100
     detection_min_confidence: float = 0.7
     detection_nms_threshold: float = 0.3

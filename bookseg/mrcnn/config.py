@@ -115,6 +115,9 @@ class MrcnnConfig:
             raise ValueError(f"unknown backbone {self.backbone!r}: use resnet50, resnet101 or tiny")
         if self.num_classes < 2:
             raise ValueError("num_classes counts the background too, so it must be >= 2")
+        if tuple(self.mask_shape) != (2 * self.mask_pool_size, 2 * self.mask_pool_size):
+            raise ValueError(f"mask_shape={tuple(self.mask_shape)} must be twice mask_pool_size={self.mask_pool_size} "
+                             "(the mask head upsamples once by 2)")
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}: use {', '.join(NORMS)}")
         if self.precision not in PRECISIONS:

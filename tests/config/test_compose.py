@@ -107,6 +107,11 @@ def test_from_scratch_presets_normalise_and_frozen_bn_from_scratch_is_warned():
     assert _compose(["model=resnet50"]).model.norm == "frozen_bn"  # for mask_rcnn_coco.h5 / ImageNet weights
 
 
+def test_mask_head_resolution_is_one_setting():
+    config = factory.mrcnn_config(_compose(["model.mask_pool_size=21"]), num_classes=2)
+    assert (config.mask_pool_size, config.mask_shape) == (21, (42, 42))
+
+
 def test_scratch_long_schedule_warms_up_and_decays():
     cfg = _compose(["stages=scratch_long"])
     schedule, (stage,) = factory.lr_schedule(cfg), factory.stages(cfg)

@@ -71,6 +71,16 @@ def test_inference_graph_output_shapes(tiny_model):
     assert masks.min() >= 0.0 and masks.max() <= 1.0
 
 
+def test_a_finer_mask_head_trains_and_detects_at_its_resolution():
+    config = tiny_config(mask_pool_size=21, mask_shape=(42, 42))
+    model = MaskRCNN(config)
+    batch = _batch(config)
+    assert tuple(model.training_outputs(batch)["mrcnn_mask_logits"].shape[2:4]) == (42, 42)
+    assert np.isfinite(float(model.mrcnn_losses(batch)["mrcnn_mask_loss"]))
+    out = model({"input_image": batch["input_image"], "input_image_meta": batch["input_image_meta"]})
+    assert tuple(out["mrcnn_mask"].shape[2:4]) == (42, 42)
+
+
 def test_mask_head_on_positive_slots_gives_matterports_mask_loss():
     """The mask head runs on the first M ROI slots only; matterport runs it on all T. Same loss and
     same gradients, because every positive ROI sits in those slots."""
