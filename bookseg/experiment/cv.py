@@ -83,8 +83,9 @@ def results_table(results: dict[int, dict[str, float]], summary: dict[str, float
     tables = [("cv", "")] + ([("test", "test/")] if "test/mask_ap50_mean" in summary else [])
     lines = []
     for prefix, key in tables:
-        title = "fold" if prefix == "cv" else "test, by fold model"
-        lines += ([""] if lines else []) + [title.ljust(8) + "".join(n.rjust(width) for n in names)]
+        if lines:
+            lines += ["", "held-out test set, scored by each fold's model:"]
+        lines.append("fold".ljust(8) + "".join(n.rjust(width) for n in names))
         for index in sorted(results):
             lines.append(f"{index:<8}" + "".join(f"{results[index][key + n]:.3f}".rjust(width) for n in names))
         lines.append("mean±std".ljust(8) + "".join(

@@ -26,7 +26,7 @@ def test_every_fold_model_scores_the_test_set(cli):
     train, test = _sets(cli.root)
     proc = cli.run("+experiment=smoke", "data=via", f"data.path={train}", f"data.test.path={test}")
     assert "test set: 3 images" in proc.stdout
-    assert "test, by fold model" in proc.stdout
+    assert "held-out test set, scored by each fold's model:" in proc.stdout
     (parent,), children = cli.runs()
     for name in FOLD_METRICS:
         assert 0.0 <= parent.data.metrics[f"test/{name}_mean"] <= 1.0
