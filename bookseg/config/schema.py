@@ -21,6 +21,7 @@ class SyntheticConfig:
     seed: int = 0  # same seed, same bytes
     height: int = 256
     width: int = 256
+    style: str = "default"  # default | photo: a preset of bookseg.data.synthetic.STYLES
 
 
 @dataclass

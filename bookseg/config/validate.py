@@ -116,6 +116,10 @@ def validate(cfg: DictConfig) -> None:
         problems.append(f"data.kind={d.kind!r}: use one of {', '.join(DATA_KINDS)}")
     if d.kind != "synthetic" and not d.path:
         problems.append(f"data.path is required for data={d.kind} (the annotation file or folder)")
+    from bookseg.data.synthetic import STYLES
+
+    if d.synthetic.style not in STYLES:
+        problems.append(f"data.synthetic.style={d.synthetic.style!r}: use one of {', '.join(STYLES)}")
     if d.group_regex:
         try:
             re.compile(d.group_regex)

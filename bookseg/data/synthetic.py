@@ -10,12 +10,20 @@ each book they cover keeps most of its area in one connected piece.
 Generation is seeded through one `numpy.random.Generator`: the same seed, image count, size and
 style give byte-identical PNG and JSON files. Image i depends only on (seed, i).
 
+`ShelfStyle.photo()` (`STYLES["photo"]`, `data.synthetic.style=photo`) turns on the photo-like options,
+for pre-training before fine-tuning on real photos: thinner, taller and more books, domino chains of
+leaning books, spines with text strokes, cloth grain and two tones, wood grain, bookcase side panels
+with the room beyond, background clutter, a random perspective of the whole image (masks warped with
+nearest neighbour), room lighting, defocus and JPEG. They are off in the default style, whose output
+is unchanged.
+
 The annotations go through `via_writer.write_via2_project`, so synthetic data travels the same
 reader path as user data (`bookseg.data.readers.load_dataset`).
 """
 
 from __future__ import annotations
 
+import colorsys
 import dataclasses
 import hashlib
 import itertools
@@ -58,6 +66,24 @@ class ShelfStyle:
         front_book_rate: chance per compartment of a book lying flat in front of upright books.
         min_visible: smallest share of a book an occluder may leave visible.
         noise_sigma: (min, max) standard deviation of the Gaussian noise, in 0..255 grey levels.
+
+    Photo-like options (off by default; `ShelfStyle.photo()` turns them on):
+        book_width: (min, max) thickness of upright books as a share of the compartment height.
+        book_length: (min, max) height of upright books as a share of the compartment height.
+        lean_chain_rate: chance that a tilted book starts a chain of 1-3 more books leaning parallel
+            to it, side against side (dominoes).
+        spine_detail: share of books whose spine gets text strokes, cloth grain, maybe two tones, a
+            title block and a publisher mark (`synthetic_draw.spine_texture`).
+        muted_rate: share of books in paper white, cream, black or a greyed colour instead of a random one.
+        wood_grain: wood-grain texture on the boards and side panels.
+        side_panel_rate: chance of a bookcase side panel on the left, right or both sides, with the
+            room beyond it; books stand between the panels.
+        clutter_rate: chance per compartment of out-of-focus things standing behind the books.
+        perspective: largest inward move of an image corner under the random homography, as a share of
+            the image side (0: none); masks are warped with the image.
+        lighting: strength of uneven illumination, vignetting, colour cast and glare (0: none).
+        blur_sigma: (min, max) sigma in pixels of an extra defocus blur (below 0.3: none).
+        jpeg_quality: (min, max) quality of a JPEG round trip; (0, 0): none.
     """
 
     books_per_image: tuple[int, int] = (6, 25)
@@ -72,6 +98,65 @@ class ShelfStyle:
     front_book_rate: float = 0.12
     min_visible: float = 0.45
     noise_sigma: tuple[float, float] = (2.0, 6.0)
+    book_width: tuple[float, float] = (0.09, 0.22)
+    book_length: tuple[float, float] = (0.55, 0.95)
+    lean_chain_rate: float = 0.0
+    spine_detail: float = 0.0
+    muted_rate: float = 0.0
+    wood_grain: bool = False
+    side_panel_rate: float = 0.0
+    clutter_rate: float = 0.0
+    perspective: float = 0.0
+    lighting: float = 0.0
+    blur_sigma: tuple[float, float] = (0.0, 0.0)
+    jpeg_quality: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def photo(cls) -> ShelfStyle:
+        """Closer to phone photos of home shelves: packed thin spines with titles, real-looking shelves,
+        perspective, lighting and JPEG (about 15-50 books per image)."""
+        return cls(
+            books_per_image=(15, 50),
+            empty_rate=0.02,
+            rows=(1, 1, 2, 2, 3),
+            gap_px=(0.5, 2.5),
+            touching_rate=0.6,
+            tilt_rate=0.12,
+            max_tilt_deg=35.0,
+            stack_rate=0.4,
+            object_rate=0.25,
+            front_book_rate=0.1,
+            noise_sigma=(1.5, 5.0),
+            book_width=(0.045, 0.15),
+            book_length=(0.6, 0.97),
+            lean_chain_rate=0.4,
+            spine_detail=0.9,
+            muted_rate=0.35,
+            wood_grain=True,
+            side_panel_rate=0.6,
+            clutter_rate=0.5,
+            perspective=0.08,
+            lighting=1.0,
+            blur_sigma=(0.0, 1.0),
+            jpeg_quality=(50, 92),
+        )
+
+
+# Named presets, selected in the Hydra config by `data.synthetic.style`.
+STYLES: dict[str, ShelfStyle] = {"default": ShelfStyle(), "photo": ShelfStyle.photo()}
+# Fields of the first generator version; fields added later enter the style hash only when set.
+_FIRST_FIELDS = (
+    "books_per_image", "empty_rate", "rows", "gap_px", "touching_rate", "tilt_rate", "max_tilt_deg",
+    "stack_rate", "object_rate", "front_book_rate", "min_visible", "noise_sigma",
+)
+
+
+def style_by_name(name: str) -> ShelfStyle:
+    """The preset `name` of `STYLES`; ValueError naming the known ones otherwise."""
+    try:
+        return STYLES[name]
+    except KeyError:
+        raise ValueError(f"unknown synthetic style {name!r}: use one of {', '.join(STYLES)}") from None
 
 
 @dataclass
@@ -226,7 +311,22 @@ def render_shelf(rng: np.random.Generator, image_size: tuple[int, int], style: S
         for (top, t), (next_top, _) in itertools.pairwise(boards)
         if next_top <= height - 1 and next_top - (top + t) > 0.4 * pitch
     ]
-    canvas, back = draw.paint_background(rng, height, width, boards)
+    canvas, back, wood = draw.paint_background(rng, height, width, boards)
+    # Photo-like options draw from rng only when set, so the default style's draws are unchanged.
+    if style.wood_grain:
+        grain = draw.wood_texture(rng, height, width)
+        for top, t in boards:
+            y0, y1 = max(round(top), 0), min(round(top + t), height)
+            if y1 > y0:  # a board above the image has y1 < 0, which would slice from the end
+                canvas[y0:y1] *= grain[y0:y1, :, None]
+    left, right = 0.0, width
+    if style.side_panel_rate and rng.random() < style.side_panel_rate:
+        left, right = _side_panels(canvas, rng, wood, style.wood_grain)
+    if style.clutter_rate:
+        for ceiling, floor in compartments:
+            if rng.random() < style.clutter_rate:
+                box = (round(left), round(ceiling), round(right), round(floor))
+                draw.paint_clutter(canvas, rng, box, int(rng.integers(1, 4)))
     owner = np.full((height, width), -1, np.int32)
     scene = _Scene(canvas, owner, back, rng, style, shadow=_shadow_params(rng, pitch))
 
@@ -237,13 +337,92 @@ def render_shelf(rng: np.random.Generator, image_size: tuple[int, int], style: S
         rng.multinomial(n_books, np.full(len(compartments), 1 / len(compartments))) if compartments else []
     )
     for (ceiling, floor), quota in zip(compartments, quotas):
-        scene.fill_compartment(ceiling, floor, int(quota), width)
+        scene.fill_compartment(ceiling, floor, int(quota), right, left)
     for ceiling, floor in compartments:
-        scene.add_front_items(ceiling, floor, width, books=n_books > 0)
+        scene.add_front_items(ceiling, floor, right, books=n_books > 0, left=left)
 
+    if style.perspective > 0:
+        canvas, owner = _perspective(canvas, owner, scene.n_books, rng, style.perspective)
+    if style.lighting > 0:
+        canvas = draw.photo_lighting(canvas, rng, style.lighting)
     image = draw.finish_image(canvas, rng, float(rng.uniform(*style.noise_sigma)))
+    if max(style.blur_sigma) > 0 or max(style.jpeg_quality) > 0:
+        image = draw.camera_finish(image, rng, style.blur_sigma, style.jpeg_quality)
     masks = [owner == k for k in range(scene.n_books)]
     return ShelfImage(image, [m for m in masks if m.any()])
+
+
+def _side_panels(canvas: np.ndarray, rng: np.random.Generator, wood: np.ndarray, grain: bool):
+    """Paint the bookcase's side panel(s) and the room beyond them; returns the free x range (left, right).
+
+    Args:
+        canvas: float32 [H, W, 3] RGB, painted in place.
+        wood: RGB float [3], the boards' colour (the panels are of the same wood).
+        grain: give the panels a vertical wood grain.
+    """
+    height, width = canvas.shape[:2]
+    left, right = 0.0, width
+    side = rng.integers(0, 3)  # 0 left, 1 right, 2 both
+    for on_left in [s for s, use in ((True, side != 1), (False, side != 0)) if use]:
+        beyond = rng.uniform(0.0, 0.15) * width  # room visible beside the bookcase
+        thickness = rng.uniform(0.025, 0.06) * width
+        inner = thickness * rng.uniform(0.3, 0.8)  # the panel's inner face, seen at a slant, in shadow
+        if on_left:
+            room, panel = (0, round(beyond)), (round(beyond), round(beyond + thickness))
+            face = (panel[1], round(beyond + thickness + inner))
+            left = float(face[1])
+        else:
+            room = (round(width - beyond), width)
+            panel = (round(width - beyond - thickness), room[0])
+            face = (round(width - beyond - thickness - inner), panel[0])
+            right = float(face[0])
+        if room[1] > room[0]:
+            wall = np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.25), rng.uniform(0.5, 0.95)))
+            canvas[:, room[0]:room[1]] = wall * 255.0 * rng.uniform(0.7, 1.0)
+            draw.paint_clutter(canvas, rng, (room[0], 0, room[1], height), int(rng.integers(1, 4)))
+        colour = wood * rng.uniform(0.95, 1.1)
+        canvas[:, panel[0]:panel[1]] = colour
+        canvas[:, face[0]:face[1]] = colour * rng.uniform(0.5, 0.75)
+        if grain:
+            x0, x1 = min(panel[0], face[0]), max(panel[1], face[1])
+            if x1 > x0:
+                canvas[:, x0:x1] *= draw.wood_texture(rng, height, x1 - x0, vertical=True)[:, :, None]
+    return left, right
+
+
+def _perspective(
+    canvas: np.ndarray, owner: np.ndarray, n_books: int, rng: np.random.Generator, strength: float
+):
+    """Canvas float32 [H, W, 3] and owner map int32 [H, W] seen through a random homography.
+
+    Up to 4 homographies (`draw.random_homography`), each weaker than the one before, are tried; the
+    first under which every book either leaves the frame or keeps one 4-connected piece holding at least
+    a third of its area (scaled by the zoom) is used, so the crop leaves no slivers. If none qualifies,
+    the scene is returned unwarped.
+    """
+    height, width = owner.shape
+    before = np.bincount(owner[owner >= 0], minlength=n_books)
+    frame = np.array([[0, 0], [width - 1, 0], [width - 1, height - 1], [0, height - 1]], np.float32)
+    for attempt in range(4):
+        matrix = draw.random_homography(rng, (height, width), strength * 0.6**attempt)
+        quad = cv2.perspectiveTransform(frame[None], matrix)[0]
+        zoom = cv2.contourArea(frame) / max(cv2.contourArea(quad), 1.0)
+        warped, labels = draw.warp_scene(canvas, owner, matrix)
+        after = np.bincount(labels[labels >= 0], minlength=n_books)
+        if all(
+            after[k] == 0 or (3 * after[k] >= before[k] * zoom and _one_piece(labels == k))
+            for k in range(n_books)
+        ):
+            return warped, labels
+    return canvas, owner
+
+
+def _one_piece(mask: np.ndarray) -> bool:
+    """True when the bool [H, W] mask is one 4-connected piece (checked inside its bounding box)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    crop = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    parts, _ = cv2.connectedComponents(crop.view(np.uint8), connectivity=4)
+    return parts == 2
 
 
 class _Scene:
@@ -260,49 +439,68 @@ class _Scene:
     def n_books(self) -> int:
         return len(self.full_area)
 
-    def fill_compartment(self, ceiling: float, floor: float, quota: int, width: int) -> None:
-        """Stand `quota` books (some tilted, maybe one stack) on the board at `floor`."""
+    def fill_compartment(
+        self, ceiling: float, floor: float, quota: int, right: float, left: float = 0.0
+    ) -> None:
+        """Stand `quota` books (some tilted, maybe one stack) on the board at `floor`, between x = left and
+        x = right (the image width, or a side panel)."""
         rng, style = self.rng, self.style
         room = floor - ceiling
         scale = self.canvas.shape[0] / 256
         stack_at = int(rng.integers(0, quota)) if quota >= 2 and rng.random() < style.stack_rate else -1
         # Lay out in a local x frame first, then shift the run to a random free position.
         items, x, placed = [], 0.0, 0
+        chain, previous = 0, None  # books still to lean side by side on the previous one (dominoes)
         while placed < quota:
             gap = 0.0 if rng.random() < style.touching_rate else rng.uniform(*style.gap_px) * scale
             x += gap if items else 0.0
             if placed == stack_at:
-                stack_at = -1
+                stack_at, chain = -1, 0
                 stack, x = self._stack(x, floor, room, quota - placed)
                 items.extend(stack)
                 placed += len(stack)
                 continue
-            book_width = max(room * rng.uniform(0.09, 0.22), 6.0)
-            length = room * rng.uniform(0.55, 0.95)
+            book_width = max(room * rng.uniform(*style.book_width), 6.0)
+            length = room * rng.uniform(*style.book_length)
             tilt = rng.uniform(-1.5, 1.5)
-            if rng.random() < style.tilt_rate:
-                tilt = rng.choice([-1, 1]) * rng.uniform(6.0, style.max_tilt_deg)
-            half_w, half_h = draw.BookGeometry((0, 0), book_width, length, math.radians(tilt)).half_extent()
-            geometry = draw.BookGeometry((x + half_w, floor - half_h), book_width, length, math.radians(tilt))
+            if chain:
+                chain -= 1
+                angle = previous.angle + math.radians(tilt) * 0.5
+                geometry = _leaning_on(previous, book_width, length, angle, floor)
+                x = max(x, geometry.center[0] + geometry.half_extent()[0])
+            else:
+                if rng.random() < style.tilt_rate:
+                    tilt = rng.choice([-1, 1]) * rng.uniform(6.0, style.max_tilt_deg)
+                    if style.lean_chain_rate and rng.random() < style.lean_chain_rate:
+                        chain = int(rng.integers(1, 4))
+                angle = math.radians(tilt)
+                half_w, half_h = draw.BookGeometry((0, 0), book_width, length, angle).half_extent()
+                geometry = draw.BookGeometry((x + half_w, floor - half_h), book_width, length, angle)
+                x += 2 * half_w
+            previous = geometry
             items.append(geometry)
-            x += 2 * half_w
             placed += 1
-        shift = rng.uniform(0, max(width - x, 0.0))
+        shift = left + rng.uniform(0, max(right - left - x, 0.0))
+        # Against a side panel no book may stick out; at the image border up to 40% of one may.
+        overhang = 0.4 if right >= self.canvas.shape[1] else 0.0
         for geometry in items:
             cx, cy = geometry.center
             geometry = dataclasses.replace(geometry, center=(cx + shift, cy))
             half_w = geometry.half_extent()[0]
-            if cx + shift + half_w - width > 0.4 * 2 * half_w:
+            if cx + shift + half_w - right > overhang * 2 * half_w:
                 break  # mostly outside the frame: the run ends at the image border
             self._paint_book(geometry)
 
-    def add_front_items(self, ceiling: float, floor: float, width: int, books: bool) -> None:
-        """Objects (and, if `books`, flat books) standing in front of the books of one compartment."""
+    def add_front_items(
+        self, ceiling: float, floor: float, right: float, books: bool, left: float = 0.0
+    ) -> None:
+        """Objects (and, if `books`, flat books) standing in front of the books of one compartment, centred
+        between x = left and x = right."""
         rng, style = self.rng, self.style
         room = floor - ceiling
         if rng.random() < style.object_rate:
             for _ in range(6):
-                polygon = _object_polygon(rng, rng.uniform(0, width), floor, room)
+                polygon = _object_polygon(rng, rng.uniform(left, right), floor, room)
                 if self._may_cover(polygon):
                     self._paint_object(polygon)
                     break
@@ -311,7 +509,7 @@ class _Scene:
                 length = room * rng.uniform(0.4, 0.8)
                 thickness = max(room * rng.uniform(0.08, 0.14), 6.0)
                 angle = math.radians(rng.choice([-90.0, 90.0]) + rng.uniform(-2, 2))
-                geometry = draw.BookGeometry((rng.uniform(0, width), 0), thickness, length, angle)
+                geometry = draw.BookGeometry((rng.uniform(left, right), 0), thickness, length, angle)
                 geometry = dataclasses.replace(
                     geometry, center=(geometry.center[0], floor - geometry.half_extent()[1])
                 )
@@ -341,8 +539,13 @@ class _Scene:
     def _paint_book(self, geometry: draw.BookGeometry) -> None:
         rng = self.rng
         colour = draw.random_colour(rng, [self.back, self.last_colour], 70.0)
+        if self.style.muted_rate and rng.random() < self.style.muted_rate:
+            colour = draw.muted_colour(rng, colour)
         self.last_colour = colour
         look = draw.random_spine_look(rng, colour, geometry.width)
+        if self.style.spine_detail and rng.random() < self.style.spine_detail:
+            texture = draw.spine_texture(rng, look, geometry.width, geometry.length)
+            look = dataclasses.replace(look, texture=texture)
         corners = geometry.corners()
         draw.cast_shadow(self.canvas, corners, self.shadow_offset, self.shadow_strength)
         book_id = self.n_books
@@ -372,6 +575,23 @@ class _Scene:
             if parts - 1 != 1:
                 return False
         return True
+
+
+def _leaning_on(
+    previous: draw.BookGeometry, width: float, length: float, angle: float, floor: float
+) -> draw.BookGeometry:
+    """A book at `angle` standing on `floor` whose left long side lies along the right long side of
+    `previous` (both sides meet the floor at the same x), its lowest corner on the floor."""
+
+    def floor_x(corner: np.ndarray, tilt: float, y: float) -> float:
+        # x where the long side through `corner` (direction (sin, -cos)) crosses the line at height y
+        return float(corner[0] + (corner[1] - y) / math.cos(tilt) * math.sin(tilt))
+
+    target = floor_x(previous.corners()[1], previous.angle, floor)  # previous's right side at the floor
+    shape = draw.BookGeometry((0.0, 0.0), width, length, angle).corners()
+    lowest = float(shape[:, 1].max())
+    left = floor_x(shape[0], angle, lowest)  # this book's left side at its own lowest point
+    return draw.BookGeometry((target - left, floor - lowest), width, length, angle)
 
 
 def _object_polygon(rng: np.random.Generator, x: float, floor: float, room: float) -> np.ndarray:
@@ -409,6 +629,11 @@ def _object_polygon(rng: np.random.Generator, x: float, floor: float, room: floa
     )
 
 
+def _plain(values: dict) -> dict:
+    """JSON-equal form: tuples become lists, so values from YAML compare equal to the presets'."""
+    return json.loads(json.dumps(values))
+
+
 def _shadow_params(rng: np.random.Generator, pitch: float) -> tuple[tuple[float, float], float]:
     direction = rng.choice([-1.0, 1.0])
     reach = pitch * rng.uniform(0.015, 0.04)
@@ -416,5 +641,9 @@ def _shadow_params(rng: np.random.Generator, pitch: float) -> tuple[tuple[float,
 
 
 def _style_hash(style: ShelfStyle) -> str:
-    text = json.dumps(dataclasses.asdict(style), sort_keys=True)
+    values, defaults = _plain(dataclasses.asdict(style)), _plain(dataclasses.asdict(ShelfStyle()))
+    # Options added after the first version count only when set, so the default style and every older
+    # style keep their hash, cache folder and marker.
+    values = {k: v for k, v in values.items() if k in _FIRST_FIELDS or v != defaults[k]}
+    text = json.dumps(values, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:8]

@@ -15,10 +15,11 @@ def load_data(cfg: DictConfig) -> Dataset:
     """Read `cfg.data` through the common reader path and set each record's fold group."""
     d = cfg.data
     if d.kind == "synthetic":
-        from bookseg.data.synthetic import synthetic_dataset_path
+        from bookseg.data.synthetic import style_by_name, synthetic_dataset_path
 
         s = d.synthetic
-        path = synthetic_dataset_path(Path(d.cache_dir), s.n_images, s.seed, (s.height, s.width))
+        style = style_by_name(s.get("style") or "default")  # configs saved before `style` existed lack it
+        path = synthetic_dataset_path(Path(d.cache_dir), s.n_images, s.seed, (s.height, s.width), style=style)
         dataset = load_dataset(path)
     else:
         dataset = load_dataset(
