@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from bookseg.data.records import boxes_from_masks
+from bookseg.mrcnn.detection_targets import mask_targets
 from bookseg.mrcnn.images import minimize_masks, paste_masks, resize_geometry, resize_masks
 
 
@@ -43,9 +44,9 @@ class RoundTrip:
     def summary(self) -> str:
         tilted = self.fill < 0.6
         thin = self.aspect < 0.25
-        parts = [f"{len(self.iou)} books: round-trip IoU median {np.median(self.iou):.3f}, "
-                 f"10th percentile {np.quantile(self.iou, 0.1):.3f}, share >= 0.5 {np.mean(self.iou >= 0.5):.3f}, "
-                 f">= 0.75 {np.mean(self.iou >= 0.75):.3f}"]
+        parts = [(f"{len(self.iou)} books: round-trip IoU median {np.median(self.iou):.3f}, "
+                  f"10th percentile {np.quantile(self.iou, 0.1):.3f}, share >= 0.5 {np.mean(self.iou >= 0.5):.3f}, "
+                  f">= 0.75 {np.mean(self.iou >= 0.75):.3f}")]
         for label, subset in (("tilted (fill < 0.6)", tilted), ("thin (w/h < 0.25)", thin)):
             if subset.any():
                 parts.append(f"{label}: {int(subset.sum())} books, median IoU {np.median(self.iou[subset]):.3f}")
@@ -53,7 +54,8 @@ class RoundTrip:
 
 
 def roi_mask_targets(mini_masks: np.ndarray, mask_shape) -> np.ndarray:
-    """ROI mask targets of ROIs equal to the ground-truth boxes, as the training graph builds them.
+    """ROI mask targets of ROIs equal to the ground-truth boxes, built by the training graph's own
+    `detection_targets.mask_targets`.
 
     Args:
         mini_masks: bool [mh, mw, N] mini masks.
@@ -65,8 +67,7 @@ def roi_mask_targets(mini_masks: np.ndarray, mask_shape) -> np.ndarray:
     n = mini_masks.shape[-1]
     stacked = tf.constant(np.moveaxis(mini_masks, -1, 0)[..., None].astype(np.float32))
     whole = tf.tile(tf.constant([[0.0, 0.0, 1.0, 1.0]]), [n, 1])
-    targets = tf.image.crop_and_resize(stacked, whole, tf.range(n), tuple(int(s) for s in mask_shape))
-    return tf.round(targets[..., 0]).numpy()
+    return mask_targets(stacked, whole, mask_shape).numpy()
 
 
 def mask_round_trip(records, config) -> RoundTrip:
