@@ -16,7 +16,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 REQUIRED = {
     "anchors_small", "anchors_tiny", "anchors_spines", "aug_flips", "aug_flips_rotate", "optimizer_sgd_clip",
     "optimizer_adamw", "weight_decay_high", "stages_heads_only", "stages_heads_4plus_all", "smoke",
-    "anchors_auto", "aug_copy_paste", "pretrain_synthetic",
+    "anchors_auto", "aug_copy_paste", "pretrain_synthetic", "real_photos_cpu",
 }
 
 register_configs()

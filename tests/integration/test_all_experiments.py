@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "experiment").glob("*.yaml"))
-SHRINK = ("cv.folds=[0]", "stages.steps_per_epoch=2", "stages.validation_steps=1", "data.synthetic.n_images=9",
+SHRINK = ("cv.k=3", "cv.folds=[0]", "stages.steps_per_epoch=2", "stages.validation_steps=1", "data.synthetic.n_images=9",
           "eval.max_images=3", "tracking.overlays=1", "tracking.log_weights=false", "study=all_experiments")
 
 
