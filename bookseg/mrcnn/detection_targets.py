@@ -113,7 +113,8 @@ def max_positive_rois(config) -> int:
     return int(config.train_rois_per_image * config.roi_positive_ratio)
 
 
-def detection_targets_one_image(proposals, gt_class_ids, gt_boxes, gt_masks, config, deterministic=False):
+def detection_targets_one_image(proposals, gt_class_ids, gt_boxes, gt_masks, config, deterministic=False,
+                                image_hw=None):
     """Targets of one image; see the module docstring for the rules.
 
     Args:
@@ -123,6 +124,8 @@ def detection_targets_one_image(proposals, gt_class_ids, gt_boxes, gt_masks, con
         gt_masks: float32 [mh, mw, G] mini masks (or [H, W, G] full masks if not use_mini_mask).
         config: `MrcnnConfig`.
         deterministic: fixed sampling instead of random (validation losses comparable across runs).
+        image_hw: (H, W) of the molded image the boxes are normalised to (default: the square
+            `config.image_shape`); it converts the normalised boxes to pixel edges for the mini masks.
 
     Returns:
         rois float32 [T, 4], class_ids int32 [T], deltas float32 [T, 4], masks float32
@@ -174,16 +177,23 @@ def detection_targets_one_image(proposals, gt_class_ids, gt_boxes, gt_masks, con
 
     instance_masks = tf.expand_dims(tf.transpose(gt_masks, [2, 0, 1]), -1)  # [G', mh, mw, 1]
     roi_masks = tf.gather(instance_masks, assignment)
-    y1, x1, y2, x2 = tf.unstack(positive_rois, axis=1)
+    # Normalised boxes put pixel y at y / (size - 1) with y2 inclusive; `mask_targets` wants the ROI's
+    # pixel edges as fractions of the mask's frame: the GT box for mini masks, the image otherwise.
     if config.use_mini_mask:
-        # Mini masks cover exactly their GT box: express the ROI in that box's frame.
-        gy1, gx1, gy2, gx2 = tf.unstack(roi_gt_boxes, axis=1)
-        gt_h, gt_w = gy2 - gy1, gx2 - gx1
-        crop_boxes = tf.stack([(y1 - gy1) / gt_h, (x1 - gx1) / gt_w, (y2 - gy1) / gt_h, (x2 - gx1) / gt_w], 1)
+        if image_hw is None and config.image_shape[0] is None:
+            raise ValueError("detection targets with mini masks need image_hw for a non-square resize mode")
+        h, w = (float(s) for s in (image_hw or config.image_shape[:2]))
+        frame = tf.unstack(roi_gt_boxes, axis=1)
     else:
-        # Full-image masks: normalised ROIs (pixel = y * (size - 1), y2 inclusive) -> edge fractions.
         h, w = (tf.cast(tf.shape(gt_masks)[i], tf.float32) for i in (0, 1))
-        crop_boxes = tf.stack([y1 * (h - 1) / h, x1 * (w - 1) / w, (y2 * (h - 1) + 1) / h, (x2 * (w - 1) + 1) / w], 1)
+        frame = [0.0, 0.0, 1.0, 1.0]  # the whole image as a normalised box
+    y1, x1, y2, x2 = tf.unstack(positive_rois, axis=1)
+    fy1, fx1, fy2, fx2 = frame
+    frame_h, frame_w = (fy2 - fy1) * (h - 1) + 1, (fx2 - fx1) * (w - 1) + 1  # pixels
+    crop_boxes = tf.stack([
+        (y1 - fy1) * (h - 1) / frame_h, (x1 - fx1) * (w - 1) / frame_w,
+        ((y2 - fy1) * (h - 1) + 1) / frame_h, ((x2 - fx1) * (w - 1) + 1) / frame_w,
+    ], axis=1)
     masks = mask_targets(roi_masks, crop_boxes, config.mask_shape)
 
     n_rois = n_positive + n_negative
@@ -203,12 +213,12 @@ def detection_targets_one_image(proposals, gt_class_ids, gt_boxes, gt_masks, con
     )
 
 
-def detection_targets(proposals, gt_class_ids, gt_boxes, gt_masks, config, deterministic=False):
+def detection_targets(proposals, gt_class_ids, gt_boxes, gt_masks, config, deterministic=False, image_hw=None):
     """Batched `detection_targets_one_image` (tf.map_fn over the images).
 
     Args:
         proposals: float32 [B, P, 4]; gt_class_ids int32 [B, G]; gt_boxes float32 [B, G, 4]
-            (normalised); gt_masks float32 [B, mh, mw, G].
+            (normalised); gt_masks float32 [B, mh, mw, G]; image_hw: see `detection_targets_one_image`.
 
     Returns:
         rois [B, T, 4], class_ids int32 [B, T], deltas [B, T, 4], masks [B, T, mask_h, mask_w],
@@ -224,7 +234,8 @@ def detection_targets(proposals, gt_class_ids, gt_boxes, gt_masks, config, deter
         tf.TensorSpec([total], tf.float32),
     )
     outputs = tf.map_fn(
-        lambda args: detection_targets_one_image(*args, config=config, deterministic=deterministic),
+        lambda args: detection_targets_one_image(*args, config=config, deterministic=deterministic,
+                                                 image_hw=image_hw),
         (
             tf.cast(proposals, tf.float32),
             tf.cast(gt_class_ids, tf.int32),
@@ -239,7 +250,7 @@ def detection_targets(proposals, gt_class_ids, gt_boxes, gt_masks, config, deter
 class DetectionTargetLayer(keras.layers.Layer):
     """matterport's `DetectionTargetLayer` (name "proposal_targets"); no weights.
 
-    Called as `layer(proposals, gt_class_ids, gt_boxes, gt_masks, deterministic=False)`,
+    Called as `layer(proposals, gt_class_ids, gt_boxes, gt_masks, deterministic=False, image_hw=None)`,
     see `detection_targets`.
     """
 
@@ -249,7 +260,8 @@ class DetectionTargetLayer(keras.layers.Layer):
         self.supports_jit = False  # boolean masks and data-dependent sampling
         self.built = True
 
-    def call(self, proposals, gt_class_ids, gt_boxes, gt_masks, deterministic: bool = False):
+    def call(self, proposals, gt_class_ids, gt_boxes, gt_masks, deterministic: bool = False, image_hw=None):
         return detection_targets(
-            proposals, gt_class_ids, gt_boxes, gt_masks, self.mrcnn_config, deterministic=deterministic
+            proposals, gt_class_ids, gt_boxes, gt_masks, self.mrcnn_config, deterministic=deterministic,
+            image_hw=image_hw,
         )

@@ -185,6 +185,7 @@ class MaskRCNN(keras.Model):
             gt_boxes,
             tf.cast(batch["input_gt_masks"], tf.float32),
             deterministic=deterministic,
+            image_hw=(height, width),
         )
         class_logits, bbox = self._heads(rois, image_hw, feature_maps, training)
         # Positives come first and number at most M = `mask_slots`, and the mask loss reads only

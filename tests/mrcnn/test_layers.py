@@ -273,3 +273,28 @@ def test_detection_layer_min_confidence_is_inclusive_and_zero_keeps_all_foregrou
                             bbox_std_dev=STD).numpy()
     # ROI 1 is background by argmax, so it is dropped whatever the threshold.
     np.testing.assert_allclose(out[0, :, 4:], [[1, 0.95], [0, 0]], atol=1e-6)
+
+
+@pytest.mark.parametrize("use_mini_mask", [True, False])
+def test_mask_target_of_a_roi_wider_than_its_book(use_mini_mask):
+    """A 21-px-wide book 4 px inside a 28-px-wide ROI fills exactly target columns 4..24, with mini masks
+    (28 or 56) and with full-image masks: the ROI is cut along pixel edges (the corner-aligned crop of
+    normalised boxes made such targets about a pixel narrower)."""
+    from bookseg.mrcnn.boxes import norm_boxes
+    from bookseg.mrcnn.detection_targets import detection_targets_one_image
+    from bookseg.mrcnn.images import minimize_masks
+
+    for mini in (28, 56):
+        config = tiny_config(use_mini_mask=use_mini_mask, mini_mask_shape=(mini, mini))
+        book, roi = np.array([[8, 28, 56, 49]]), np.array([[8, 24, 56, 52]])  # y1, x1, y2, x2 pixels
+        full = np.zeros((64, 64, 1), bool)
+        full[8:56, 28:49, 0] = True
+        masks = minimize_masks(book, full, config.mini_mask_shape) if use_mini_mask else full
+        _, _, _, targets, _ = detection_targets_one_image(
+            tf.constant(norm_boxes(roi, (64, 64)), tf.float32), tf.constant([1], tf.int32),
+            tf.constant(norm_boxes(book, (64, 64)), tf.float32), tf.constant(masks, tf.float32), config,
+            deterministic=True,
+        )
+        expected = np.zeros((28, 28), np.float32)
+        expected[:, 4:25] = 1.0
+        np.testing.assert_array_equal(targets.numpy()[0], expected)
