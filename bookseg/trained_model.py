@@ -82,6 +82,23 @@ def load_config(path: str | os.PathLike) -> DictConfig:
         raise ModelSourceError(
             f"{path}: not a bookseg config (no {', '.join(missing)} section); pass the config.yaml a run logged"
         )
+    return _upgrade_model_section(cfg, path)
+
+
+def _upgrade_model_section(cfg: DictConfig, path: Path) -> DictConfig:
+    """Configs logged before `model.norm` and `model.mask_pool_size` existed: the same model in today's keys."""
+    model = cfg.model
+    if "norm" not in model:
+        train_bn = model.get("train_bn", False)
+        if train_bn is True:
+            raise ModelSourceError(
+                f"{path}: model.train_bn=true (BatchNorm on batch statistics even at inference) is no longer "
+                "a mode; these weights need a bookseg version before model.norm"
+            )
+        model.norm = "frozen_bn" if train_bn is False else "batch_norm"
+        model.pop("train_bn", None)
+    if "mask_pool_size" not in model:
+        model.mask_pool_size = 14
     return cfg
 
 

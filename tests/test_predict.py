@@ -460,3 +460,22 @@ def test_precision_override_runs_a_float32_run_in_bfloat16(smoke_run, tmp_path, 
                  "--tracking-uri", smoke_run.uri, "--precision", "mixed_bfloat16", "--no-progress"])
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "bf16" / "counts.csv").is_file()
+
+
+def test_configs_logged_before_model_norm_still_load(tmp_path):
+    """A run logged with `model.train_bn` and no `model.mask_pool_size` loads as the same model."""
+    from omegaconf import OmegaConf
+
+    from bookseg.trained_model import ModelSourceError, default_config, load_config
+
+    old = OmegaConf.to_container(default_config(), resolve=False)
+    del old["model"]["norm"], old["model"]["mask_pool_size"]
+    for train_bn, norm in ((False, "frozen_bn"), (None, "batch_norm")):
+        old["model"]["train_bn"] = train_bn
+        OmegaConf.save(old, tmp_path / "config.yaml")
+        loaded = load_config(tmp_path / "config.yaml")
+        assert (loaded.model.norm, loaded.model.mask_pool_size, "train_bn" in loaded.model) == (norm, 14, False)
+    old["model"]["train_bn"] = True
+    OmegaConf.save(old, tmp_path / "config.yaml")
+    with pytest.raises(ModelSourceError, match="train_bn=true"):
+        load_config(tmp_path / "config.yaml")

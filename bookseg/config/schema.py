@@ -76,7 +76,7 @@ class ModelConfig:
     detection_max_instances: int = 100
     detection_min_confidence: float = 0.7
     detection_nms_threshold: float = 0.3
-    weights: Optional[str] = None  # h5 to start from (matterport / Keras ImageNet layout); None: from scratch
+    weights: Optional[str] = None  # h5 to start from (matterport / Keras ImageNet layout, or a fold's .weights.h5); None: from scratch
     weights_exclude: list[str] = field(default_factory=list)  # layer names not to load
 
 

@@ -146,7 +146,7 @@ def config_warnings(cfg: DictConfig) -> list[str]:
         warnings.append(
             "model.norm=frozen_bn without model.weights: BatchNorm stays frozen at its initial statistics "
             "(mean 0, variance 1), so the network trains with no normalisation at all and learns real photos "
-            "poorly. Train from scratch with model.norm=group_norm (or batch_norm); keep frozen_bn for "
-            "pretrained weights."
+            "poorly. Train from scratch with model.norm=batch_norm (what the CPU presets use; group_norm needs a "
+            "longer schedule); keep frozen_bn for pretrained weights."
         )
     return warnings

@@ -47,7 +47,8 @@ def cross_validate(cfg: DictConfig, dataset, job_dir: Path, state: RunState, tes
         train, val = split(dataset.records, folds, index)
         print(f"fold {index}: {len(train)} training / {len(val)} validation images", flush=True)
         with open_fold_run(state, index):
-            mlflow.log_params({"fold": index, "n_train": len(train), "n_val": len(val)})
+            mlflow.log_params({"fold": index, "n_train": len(train), "n_val": len(val),
+                               **({"n_test": len(test.records)} if test else {})})
             metrics = run_fold(cfg, index, train, val, dataset.class_names, job_dir / f"fold{index}", progress,
                                test=test.records if test else None)
         fold_state["metrics"] = metrics

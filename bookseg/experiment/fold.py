@@ -105,22 +105,23 @@ def run_fold(cfg: DictConfig, index: int, train: list[ImageRecord], val: list[Im
     metrics, overlays = evaluate_fold(cfg, model, val, class_names)
     test_overlays = []
     if test:
-        test_metrics, test_overlays = evaluate_fold(cfg, model, test, class_names)
+        test_metrics, test_overlays = evaluate_fold(cfg, model, test, class_names, whole=True)
         metrics.update({f"test/{name}": value for name, value in test_metrics.items()})
     _log_artifacts(cfg, model, fold_dir, overlays, index, test_overlays)
     mlflow.log_metrics(metrics)  # last: a fold with final metrics is complete
     return metrics
 
 
-def evaluate_fold(cfg: DictConfig, model, val: list[ImageRecord], class_names: list[str]):
+def evaluate_fold(cfg: DictConfig, model, val: list[ImageRecord], class_names: list[str], whole: bool = False):
     """Detect on the validation images and score them; returns (metrics, [(record, image, prediction)]).
 
     Images are scored chunk by chunk (`FoldEvaluator`), so only the overlays' full-size masks stay
-    in memory, however large the photos and the fold.
+    in memory, however large the photos and the fold. `eval.max_images` caps the images scored unless
+    `whole` (the held-out test set is always scored whole).
     """
     from bookseg.evaluation.coco_eval import FoldEvaluator
 
-    records = val[: cfg.eval.max_images] if cfg.eval.max_images else val
+    records = val[: cfg.eval.max_images] if cfg.eval.max_images and not whole else val
     evaluator, kept = FoldEvaluator(class_names), []
     for start in range(0, len(records), _DETECT_CHUNK):
         chunk = records[start:start + _DETECT_CHUNK]

@@ -13,6 +13,7 @@ layer). The tiny backbone's stages `tiny_c3*` .. `tiny_c5*` join "3+", "4+", "5+
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -99,8 +100,13 @@ class StageLearningRate(keras.optimizers.schedules.LearningRateSchedule):
         return self.schedule.rate(self.base_rate, step + self.first_step, self.stage_steps, self.steps_before_stage)
 
     def get_config(self):
-        return {"base_rate": self.base_rate, "stage_steps": self.stage_steps, "first_step": self.first_step,
-                "steps_before_stage": self.steps_before_stage, **self.schedule.__dict__}
+        return {"schedule": dataclasses.asdict(self.schedule), "base_rate": self.base_rate,
+                "stage_steps": self.stage_steps, "first_step": self.first_step,
+                "steps_before_stage": self.steps_before_stage}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(LrSchedule(**config.pop("schedule")), **config)
 
 
 class NonFiniteLossError(RuntimeError):

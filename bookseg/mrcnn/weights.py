@@ -266,10 +266,28 @@ def is_keras3_weights(path) -> bool:
         return False
 
 
+def _array_count(path: Path) -> int:
+    count = 0
+
+    def visit(_name, item):
+        nonlocal count
+        count += isinstance(item, h5py.Dataset)
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return count
+
+
 def _load_keras3_weights(model, path: Path, exclude) -> LoadReport:
     if exclude:
         raise WeightLoadError(f"{path}: a Keras 3 .weights.h5 file is restored whole; exclude={sorted(exclude)} "
                               "needs a legacy h5 (matterport layout)")
+    in_file, in_model = _array_count(path), len(model.weights)
+    if in_file != in_model:  # Keras would skip the file's extra arrays silently
+        raise WeightLoadError(
+            f"{path}: holds {in_file} arrays, the model {in_model}. A Keras 3 weights file fits only the "
+            "architecture it was saved from: same model preset, model.norm, number of anchor ratios and classes"
+        )
     try:
         load_checkpoint(model, path)
     except WeightLoadError as err:

@@ -24,9 +24,13 @@ class MlflowEpochLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         metrics = split_logs(logs)
-        lr = getattr(self.model.optimizer, "learning_rate", None)
-        if lr is not None:
-            metrics["train/learning_rate"] = float(keras.ops.convert_to_numpy(lr))
+        optimizer = self.model.optimizer
+        schedule = getattr(optimizer, "_learning_rate", None)
+        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            # the rate of the epoch's last step (`optimizer.learning_rate` is the next step's)
+            metrics["train/learning_rate"] = float(schedule(optimizer.iterations - 1))
+        elif getattr(optimizer, "learning_rate", None) is not None:
+            metrics["train/learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=epoch + 1)
 
 

@@ -102,7 +102,7 @@ def test_from_scratch_presets_normalise_and_frozen_bn_from_scratch_is_warned():
         cfg = _compose([f"model={model}"])
         assert cfg.model.norm == "batch_norm" and config_warnings(cfg) == []
     (warning,) = config_warnings(_compose(["model.norm=frozen_bn"]))
-    assert "no normalisation at all" in warning and "model.norm=group_norm" in warning
+    assert "no normalisation at all" in warning and "model.norm=batch_norm" in warning
     assert config_warnings(_compose(["model=resnet50"])) != []  # no weights: from scratch, frozen BN
     assert _compose(["model=resnet50"]).model.norm == "frozen_bn"  # for mask_rcnn_coco.h5 / ImageNet weights
 

@@ -34,6 +34,7 @@ def test_every_fold_model_scores_the_test_set(cli):
     assert len(children) == 2
     client = cli.client()
     for child in children:
+        assert child.data.params["n_test"] == "3"
         for name in FOLD_METRICS:
             assert 0.0 <= child.data.metrics[f"test/{name}"] <= 1.0
         overlays = [a for a in _artifact_paths(client, child.info.run_id) if a.startswith("overlays/")]

@@ -226,18 +226,32 @@ def test_overfit_tiny_model_on_synthetic_shelves(overfit_run):
 
 
 def test_learning_rate_schedule_warms_up_decays_and_resumes_where_it_was():
-    """Warm-up then cosine within the stage; a stage resumed mid-way continues the same curve."""
+    """Warm-up then cosine within the stage, as the optimizer applies it step by step; a stage resumed
+    mid-way continues the same curve."""
     config = tiny_config()
     _, data = _dataset(config, with_empty=False)
     schedule = LrSchedule(warmup_steps=2, decay="cosine", min_lr_ratio=0.1)
 
+    class Applied(keras.callbacks.Callback):
+        rates: list
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.rates.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
     def rates(initial_epoch):
+        applied = Applied()
+        applied.rates = []
         logs = train_stages(MaskRCNN(config), data, None, [Stage("all", 3, 0.01)], OptimizerSpec(),
                             steps_per_epoch=2, validation_steps=None, verbose=0, lr_schedule=schedule,
-                            initial_epoch=initial_epoch)
-        return [row["learning_rate"] for row in logs]
+                            initial_epoch=initial_epoch, callbacks=[applied])
+        return applied.rates, [row["learning_rate"] for row in logs]
 
-    full = rates(0)
-    assert full[0] < full[1] > full[2]  # warming up at step 1, then decaying
-    assert full[2] == pytest.approx(0.01 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 5 / 6))), rel=1e-5)
-    assert rates(1) == pytest.approx(full[1:])
+    def expected(step):
+        cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / 6))
+        return 0.01 * cosine * (0.001 + 0.999 * min(step / 2, 1.0))
+
+    full, logged = rates(0)
+    assert full == pytest.approx([expected(step) for step in range(6)], rel=1e-5)
+    assert logged == pytest.approx([full[1], full[3], full[5]])  # each epoch's last step
+    resumed, _ = rates(1)
+    assert resumed == pytest.approx(full[2:], rel=1e-5)
