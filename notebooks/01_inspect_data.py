@@ -42,7 +42,7 @@ from bookseg.data.images import load_image_rgb
 from bookseg.data.readers import read_dataset
 from bookseg.data.synthetic import synthetic_dataset_path
 from bookseg.mrcnn.config import MrcnnConfig
-from bookseg.mrcnn.images import paste_masks, resize_geometry
+from bookseg.mrcnn.images import paste_masks
 from bookseg.viz import draw_instances
 
 # %% tags=["parameters"]
@@ -246,10 +246,7 @@ trip = mask_round_trip(dataset.records[:60], mask_config)
 print(f"model={MODEL_PRESET} ({preset.image_max_dim} px, mini mask {preset.mini_mask_size}, "
       f"mask {mask_config.mask_shape[0]}): {trip.summary()}")
 shown = mask_round_trip([record], mask_config)
-height, width = record.height, record.width
-scale, window, _ = resize_geometry(height, width, mask_config)
-photo_boxes = np.round((shown.boxes - np.array([window[0], window[1]] * 2)) / scale).astype(np.int64)
-pasted = paste_masks(shown.targets, photo_boxes, (height, width))
+pasted = paste_masks(shown.targets, shown.photo_boxes, (record.height, record.width))
 fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
 axes[0].imshow(draw_instances(image, masks, numbered=False))
 axes[0].set_title(f"annotation: {masks.shape[-1]} books", fontsize=9)

@@ -31,7 +31,8 @@ class RoundTrip:
         aspect: box width / height at the model's input size.
         short_side: box's shorter side in model-input pixels.
         targets: float32 [N, mh, mw] ROI mask targets (0/1), in the order of the other arrays.
-        boxes: int [N, 4] (y1, x1, y2, x2) model-input pixel boxes, y2/x2 exclusive.
+        photo_boxes: int [N, 4] (y1, x1, y2, x2) photo pixel boxes the targets are pasted back into,
+            y2/x2 exclusive.
     """
 
     iou: np.ndarray
@@ -39,7 +40,7 @@ class RoundTrip:
     aspect: np.ndarray
     short_side: np.ndarray
     targets: np.ndarray
-    boxes: np.ndarray
+    photo_boxes: np.ndarray
 
     def summary(self) -> str:
         tilted = self.fill < 0.6
@@ -80,7 +81,7 @@ def mask_round_trip(records, config) -> RoundTrip:
     Returns:
         `RoundTrip`; instances that vanish at the model's input size are left out.
     """
-    ious, fills, aspects, shorts, targets, all_boxes = [], [], [], [], [], []
+    ious, fills, aspects, shorts, targets, all_photo_boxes = [], [], [], [], [], []
     for record in records:
         masks = record.masks()
         height, width = masks.shape[:2]
@@ -105,7 +106,7 @@ def mask_round_trip(records, config) -> RoundTrip:
         aspects.append(box_w / np.maximum(box_h, 1))
         shorts.append(np.minimum(box_h, box_w))
         targets.append(target)
-        all_boxes.append(boxes)
+        all_photo_boxes.append(photo_boxes)
     if not ious:
         raise ValueError("mask_round_trip: no instance is visible at the model's input size")
-    return RoundTrip(*(np.concatenate(a) for a in (ious, fills, aspects, shorts, targets, all_boxes)))
+    return RoundTrip(*(np.concatenate(a) for a in (ious, fills, aspects, shorts, targets, all_photo_boxes)))
