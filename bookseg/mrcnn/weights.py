@@ -267,11 +267,12 @@ def is_keras3_weights(path) -> bool:
 
 
 def _array_count(path: Path) -> int:
+    """Model arrays in a Keras 3 weights file; a training checkpoint's optimizer slots are not counted."""
     count = 0
 
-    def visit(_name, item):
+    def visit(name, item):
         nonlocal count
-        count += isinstance(item, h5py.Dataset)
+        count += isinstance(item, h5py.Dataset) and not name.startswith("optimizer/")
 
     with h5py.File(path, "r") as f:
         f.visititems(visit)

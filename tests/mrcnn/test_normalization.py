@@ -1,5 +1,6 @@
 """config.norm: frozen BatchNorm (matterport), batch statistics, GroupNorm in backbone, FPN and heads."""
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import tensorflow as tf
 from bookseg.mrcnn.model import MaskRCNN, named_weight_layers
 from bookseg.mrcnn.normalization import BatchNorm, group_count, is_norm_layer
 from bookseg.mrcnn.training import OptimizerSpec, Stage, train_stages
-from bookseg.mrcnn.weights import WeightLoadError, load_weights, save_legacy_weights
+from bookseg.mrcnn.weights import WeightLoadError, load_weights, save_checkpoint, save_legacy_weights
 
 from .conftest import make_batch, shelf_scene, tiny_config
 
@@ -121,3 +122,17 @@ def test_fold_weights_of_a_pretraining_run_load_as_model_weights(tmp_path):
         load_weights(MaskRCNN(tiny_config(norm="frozen_bn")), path)
     with pytest.raises(WeightLoadError, match="restored whole"):
         load_weights(model, path, exclude=["mrcnn_mask"])
+
+
+def test_a_training_checkpoint_with_optimizer_state_loads_as_model_weights(tmp_path):
+    """A fold's checkpoint also holds the optimizer's slots; fine-tuning takes the model's arrays only."""
+    trained = MaskRCNN(tiny_config(norm="batch_norm"))
+    trained.compile(optimizer=keras.optimizers.SGD(momentum=0.9))
+    trained.optimizer.build(trained.trainable_variables)
+    path = save_checkpoint(trained, tmp_path, epoch=3)
+    with h5py.File(path) as f:
+        assert "optimizer" in f
+    model = MaskRCNN(tiny_config(norm="batch_norm"))
+    load_weights(model, path)
+    for ours, theirs in zip(model.get_weights(), trained.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
