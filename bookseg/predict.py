@@ -279,6 +279,15 @@ def run_predict_command(args: argparse.Namespace) -> int:
     return run_with_trained_model(args, "predict", predict)
 
 
+def _fold_argument(text: str) -> int | str:
+    if text == "final":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a fold number or 'final'") from None
+
+
 def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
     """--run / --weights (one required), --config, --fold, --tracking-uri, --class-names, --precision."""
     source = parser.add_mutually_exclusive_group(required=True)
@@ -295,9 +304,10 @@ def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--fold",
-        type=int,
+        type=_fold_argument,
         metavar="K",
-        help="with a parent --run: fold whose weights to use (default: best mask_ap50)",
+        help="with a parent --run: fold whose weights to use, or 'final' (default: the final model when the "
+        "job trained one with cv.final=true, else the best fold by mask_ap50)",
     )
     parser.add_argument(
         "--tracking-uri",

@@ -3,8 +3,10 @@
 An experiment job (`python -m bookseg.run`) is an MLflow parent run holding `config.yaml` (the resolved
 Hydra config); each fold is a child run (tag `mlflow.parentRunId`, tag `fold`) holding
 `weights/mask_rcnn_fold<i>.weights.h5` (Keras 3 weights of the whole `MaskRCNN`) and the fold's metrics.
+With `cv.final=true` the job also has the child run `final` (tag `fold` = "final"), a model trained on
+every training image, with `weights/mask_rcnn_final.weights.h5`.
 
-    trained = load_from_run("3f2a...")                  # parent run: the best fold by mask_ap50
+    trained = load_from_run("3f2a...")                  # parent run: the final model, else the best fold
     trained = load_from_run("3f2a...", fold=1)          # parent run: fold 1
     trained = load_from_run("9c1b...")                  # a fold's child run: config from its parent
     trained = load_from_weights("fold0.weights.h5", config_path="config.yaml")
@@ -26,6 +28,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 BEST_FOLD_METRIC = "mask_ap50"
+FINAL = "final"  # the `fold` tag of a job's final model (cv.final); bookseg.experiment.fold.FINAL
 CLASS_NAMES_ARTIFACT = "class_names.json"
 CONFIG_ARTIFACT = "config.yaml"
 WEIGHTS_ARTIFACT_DIR = "weights"
@@ -207,17 +210,18 @@ def load_from_weights(
 def load_from_run(
     run_id: str,
     *,
-    fold: int | None = None,
+    fold: int | str | None = None,
     tracking_uri: str | None = None,
     class_names: list[str] | None = None,
     precision: str | None = None,
 ) -> TrainedModel:
-    """Model of an experiment job's fold, from MLflow.
+    """Model of an experiment job, from MLflow: its final model (`cv.final`) or one of its folds.
 
     Args:
-        run_id: a parent run (job) id, or a fold's child run id.
-        fold: with a parent run, the fold whose weights to use (default: the best by `mask_ap50`); with a
-            child run it must be that run's fold, if given.
+        run_id: a parent run (job) id, or a fold's (or the final model's) child run id.
+        fold: with a parent run, the fold whose weights to use, or "final" (default: the finished final
+            model when the job has one, else the best fold by `mask_ap50`); with a child run it must be
+            that run's fold, if given.
         tracking_uri: MLflow store (default as `resolve_tracking_uri`).
         class_names: override the class names.
         precision: override the run's `model.precision` (see `build_model`).
@@ -251,11 +255,7 @@ def load_from_run(
             names = class_names_from_config(cfg)
         cfg = _with_fitted_anchors(cfg, child)
         weights = _download(uri, child.info.run_id, _weights_artifact(client, child), Path(tmp))
-        score = child.data.metrics.get(BEST_FOLD_METRIC)
-        source = (
-            f"MLflow run {parent_id} fold {_fold_of(child)} (child run {child.info.run_id}, "
-            f"{BEST_FOLD_METRIC}={score if score is None else round(score, 4)})"
-        )
+        source = f"MLflow run {parent_id} {_describe(child)}"
         return build_model(cfg, names, weights, source, precision=precision)
 
 
@@ -274,17 +274,34 @@ def _with_fitted_anchors(cfg: DictConfig, child) -> DictConfig:
     return cfg
 
 
-def _fold_of(child) -> int:
+def _describe(child) -> str:
+    def rounded(name):
+        value = child.data.metrics.get(name)
+        return value if value is None else round(value, 4)
+
+    if _fold_of(child) == FINAL:
+        return (f"final model, trained on all {child.data.params.get('n_train', '?')} training images "
+                f"(child run {child.info.run_id}, test/{BEST_FOLD_METRIC}={rounded('test/' + BEST_FOLD_METRIC)})")
+    return (f"fold {_fold_of(child)} (child run {child.info.run_id}, "
+            f"{BEST_FOLD_METRIC}={rounded(BEST_FOLD_METRIC)})")
+
+
+def _fold_of(child) -> int | str:
+    """The child run's fold number, or FINAL for the final model."""
+    tag = child.data.tags.get("fold")
+    if tag == FINAL:
+        return FINAL
     try:
-        return int(child.data.tags["fold"])
-    except (KeyError, ValueError) as error:
+        return int(tag)
+    except (TypeError, ValueError) as error:
         raise ModelSourceError(
-            f"run {child.info.run_id} has no integer 'fold' tag: not a bookseg fold run"
+            f"run {child.info.run_id} has no integer (or 'final') 'fold' tag: not a bookseg fold run"
         ) from error
 
 
-def _choose_fold(client, parent, fold: int | None):
-    """The child run of `fold`, or the finished child with the highest mask_ap50 (NaN last, lowest fold on ties)."""
+def _choose_fold(client, parent, fold: int | str | None):
+    """The child run of `fold` (a number or FINAL); by default the finished final model, else the finished
+    fold with the highest mask_ap50 (NaN last, lowest fold on ties)."""
     children = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
@@ -297,8 +314,13 @@ def _choose_fold(client, parent, fold: int | None):
         raise ModelSourceError(f"run {parent.info.run_id} has no fold runs: is it a bookseg experiment job?")
     if fold is not None:
         if fold not in folds:
-            raise ModelSourceError(f"run {parent.info.run_id} has no fold {fold} (folds: {sorted(folds)})")
+            raise ModelSourceError(f"run {parent.info.run_id} has no fold {fold} (folds: {sorted(folds, key=str)})")
         return folds[fold]
+    if FINAL in folds and folds[FINAL].info.status == "FINISHED":
+        return folds[FINAL]
+    folds.pop(FINAL, None)
+    if not folds:
+        raise ModelSourceError(f"run {parent.info.run_id} has no fold runs and its final model did not finish")
     finished = {k: c for k, c in folds.items() if c.info.status == "FINISHED"} or folds
 
     def rank(item):

@@ -96,10 +96,10 @@ def test_a_resumed_fold_gets_the_anchors_it_started_with(tmp_path, monkeypatch):
     config = model_config("cpu", "auto")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     with mlflow.start_run() as run:
-        first = fold_anchor_config(config, _shelves(5), 3, tmp_path / "fold0", 0)
+        first = fold_anchor_config(config, _shelves(5), 3, tmp_path / "fold0", "fold 0")
     assert (tmp_path / "fold0" / FIT_FILE).is_file()
     with mlflow.start_run(run_id=run.info.run_id):  # the resumed process reopens the fold's run
-        again = fold_anchor_config(config, _shelves(5), 3, tmp_path / "fold0", 0)
+        again = fold_anchor_config(config, _shelves(5), 3, tmp_path / "fold0", "fold 0")
     assert again == first and again.rpn_anchor_scales != config.rpn_anchor_scales
     client = mlflow.MlflowClient()
     assert len(client.get_metric_history(run.info.run_id, "anchors/iou70_fitted")) == 1

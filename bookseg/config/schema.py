@@ -147,6 +147,7 @@ class CVConfig:
     folds: Optional[list[int]] = None  # which folds to run (None: all); e.g. [0] while debugging
     seed: int = 0
     stratify: bool = False  # balance instance counts across folds (StratifiedGroupKFold)
+    final: bool = False  # after the folds, train one model on every training image (child run `final`)
 
 
 @dataclass

@@ -134,7 +134,7 @@ def log_fit(fit: AnchorFit) -> None:
 
 
 def fold_anchor_config(config: MrcnnConfig, train: list[ImageRecord], n_ratios: int, fold_dir: Path,
-                       index: int) -> MrcnnConfig:
+                       name: str) -> MrcnnConfig:
     """The fold's model config with anchors fitted to its training records; logged, printed, stored.
 
     The first start of a fold fits and writes `<fold_dir>/anchors.json`; a resumed fold reads it.
@@ -148,5 +148,5 @@ def fold_anchor_config(config: MrcnnConfig, train: list[ImageRecord], n_ratios: 
         how = f"{time.perf_counter() - start:.1f} s"
         save_fit(fit, path)
     log_fit(fit)
-    print(f"fold {index}: {fit.describe()} ({how})", flush=True)
+    print(f"{name}: {fit.describe()} ({how})", flush=True)
     return with_fitted_anchors(config, fit)

@@ -19,6 +19,16 @@ from bookseg.tracking.callbacks import EpochCheckpoint, JobProgress, MlflowEpoch
 from bookseg.tracking.plots import plot_loss_curves
 
 _DETECT_CHUNK = 8  # images per detect() call while evaluating
+FINAL = "final"  # the model trained on every training image after the folds (`cv.final`)
+
+
+def member_name(index: int | str) -> str:
+    """Name of a job's model, as its child run and weights artifact are named: `fold<i>` or `final`."""
+    return FINAL if index == FINAL else f"fold{index}"
+
+
+def _label(index: int | str) -> str:
+    return "final model" if index == FINAL else f"fold {index}"
 
 
 def total_epochs(cfg: DictConfig) -> int:
@@ -37,14 +47,17 @@ def stage_of_epoch(cfg: DictConfig):
     return label
 
 
-def run_fold(cfg: DictConfig, index: int, train: list[ImageRecord], val: list[ImageRecord],
+def run_fold(cfg: DictConfig, index: int | str, train: list[ImageRecord], val: list[ImageRecord],
              class_names: list[str], fold_dir: Path, progress: JobProgress,
              test: list[ImageRecord] | None = None) -> dict[str, float]:
     """Train fold `index` (resuming from its last checkpoint), evaluate it, log everything to MLflow.
 
-    With `test` records (the held-out test set), the fold model scores them too: `test/<metric>`.
+    `index` is FINAL for the final model (`cv.final`): `train` is every training image and `val` is
+    empty, so it is scored on the test set only. With `test` records (the held-out test set), the
+    model scores them too: `test/<metric>`.
 
-    Returns the fold's metrics (FOLD_METRICS), also logged on the active (child) run.
+    Returns the metrics (FOLD_METRICS unless `val` is empty, plus `test/*`), also logged on the active
+    (child) run.
     """
     from bookseg.data.augment import build_augmentation
     from bookseg.data.copy_paste import build_copy_paste
@@ -54,10 +67,11 @@ def run_fold(cfg: DictConfig, index: int, train: list[ImageRecord], val: list[Im
     from bookseg.mrcnn.weights import find_last_checkpoint, load_checkpoint, load_weights
 
     keras.backend.clear_session()
-    keras.utils.set_random_seed(cfg.seed + index)
+    seed = cfg.seed + (cfg.cv.k if index == FINAL else index)
+    keras.utils.set_random_seed(seed)
     config = factory.mrcnn_config(cfg, num_classes=len(class_names) + 1)
     if cfg.anchors.auto:  # fitted to this fold's training boxes only, never to `val`
-        config = fold_anchor_config(config, train, ratio_count(cfg.anchors), fold_dir, index)
+        config = fold_anchor_config(config, train, ratio_count(cfg.anchors), fold_dir, _label(index))
     model = MaskRCNN(config)
 
     ckpt_dir = fold_dir / "checkpoints"
@@ -76,9 +90,9 @@ def run_fold(cfg: DictConfig, index: int, train: list[ImageRecord], val: list[Im
     # Copy-paste sources: this fold's training records only, the list the training dataset is built from.
     copy_paste = build_copy_paste(cfg.augmentation.copy_paste, train, class_names)
     augment = build_augmentation(OmegaConf.to_container(cfg.augmentation.transforms, resolve=True),
-                                 seed=cfg.seed + index, copy_paste=copy_paste)
+                                 seed=seed, copy_paste=copy_paste)
     train_data = make_dataset(train, config, class_names, augment=augment, shuffle=True,
-                              seed=cfg.seed + index, repeat=True)
+                              seed=seed, repeat=True)
     # The same validation images every epoch (a finite pass), so val/* curves compare like with like:
     # the first validation_steps batches of the fold (all of it when there are fewer).
     batch = config.images_per_batch
@@ -90,7 +104,8 @@ def run_fold(cfg: DictConfig, index: int, train: list[ImageRecord], val: list[Im
         # Checkpoint before logging: a kill between the two can lose an epoch's points, never duplicate them.
         EpochCheckpoint(ckpt_dir),
         MlflowEpochLogger(),
-        progress.callback(index, cfg.cv.k, total_epochs(cfg), stage_of_epoch(cfg)),
+        progress.callback(_label(index) + ("" if index == FINAL else f" ({index + 1} of {cfg.cv.k})"),
+                          total_epochs(cfg), stage_of_epoch(cfg)),
     ]
     if cfg.tracking.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(fold_dir / "tensorboard"), write_graph=False,
@@ -102,7 +117,7 @@ def run_fold(cfg: DictConfig, index: int, train: list[ImageRecord], val: list[Im
             callbacks=callbacks, initial_epoch=initial_epoch, verbose=0, lr_schedule=factory.lr_schedule(cfg),
         )
 
-    metrics, overlays = evaluate_fold(cfg, model, val, class_names)
+    metrics, overlays = evaluate_fold(cfg, model, val, class_names) if val else ({}, [])
     test_overlays = []
     if test:
         test_metrics, test_overlays = evaluate_fold(cfg, model, test, class_names, whole=True)
@@ -143,7 +158,7 @@ def _log_artifacts(cfg: DictConfig, model, fold_dir: Path, overlays, index: int,
     history = _history_from_mlflow(client, run.info.run_id)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        plot_loss_curves(history, tmp / "loss_curves.png", title=f"fold {index}")
+        plot_loss_curves(history, tmp / "loss_curves.png", title=member_name(index))
         mlflow.log_artifact(str(tmp / "loss_curves.png"))
         for prefix, kept in (("val", overlays), ("test", test_overlays)):
             for i, (record, image, pred) in enumerate(kept):
@@ -153,7 +168,7 @@ def _log_artifacts(cfg: DictConfig, model, fold_dir: Path, overlays, index: int,
                 save_image(path, side_by_side(gt, dt))
                 mlflow.log_artifact(str(path), "overlays")
         if cfg.tracking.log_weights:
-            weights = tmp / f"mask_rcnn_fold{index}.weights.h5"
+            weights = tmp / f"mask_rcnn_{member_name(index)}.weights.h5"
             model.save_weights(str(weights))
             mlflow.log_artifact(str(weights), "weights")
     tb = fold_dir / "tensorboard"

@@ -71,7 +71,8 @@ class JobProgress:
         elapsed = time.monotonic() - self.start
         return elapsed / max(self.done_steps, 1) * (self.total_steps - self.done_steps)
 
-    def callback(self, fold: int, n_folds: int, n_epochs: int, stage_of_epoch) -> keras.callbacks.Callback:
+    def callback(self, label: str, n_epochs: int, stage_of_epoch) -> keras.callbacks.Callback:
+        """Printing callback of one model; `label` names it, e.g. "fold 0 (1 of 3)"."""
         progress = self
 
         class _Print(keras.callbacks.Callback):
@@ -89,8 +90,7 @@ class JobProgress:
                 self._print("done", logs)
 
             def _print(self, where, logs):
-                head = (f"fold {fold} ({fold + 1} of {n_folds}) | stage {stage_of_epoch(self.epoch)} | "
-                        f"epoch {self.epoch + 1}/{n_epochs} {where}")
+                head = f"{label} | stage {stage_of_epoch(self.epoch)} | epoch {self.epoch + 1}/{n_epochs} {where}"
                 losses = " ".join(f"{k}={v:.3f}" for k, v in sorted((logs or {}).items()) if "loss" in k)
                 print(f"[{head} | {_hms(time.monotonic() - progress.start)} elapsed, about "
                       f"{_hms(progress.time_left())} left] {losses}", flush=True)

@@ -92,7 +92,7 @@ class RunState:
     def parent_run_id(self) -> str | None:
         return self.data.get("parent_run_id")
 
-    def fold(self, index: int) -> dict:
+    def fold(self, index: int | str) -> dict:
         return self.data["folds"].setdefault(str(index), {})
 
 
@@ -135,12 +135,12 @@ def open_parent_run(cfg: DictConfig, state: RunState, *, run_name: str, override
     return run
 
 
-def open_fold_run(state: RunState, index: int) -> mlflow.ActiveRun:
-    """Start (or reopen) the nested child run of fold `index` under the active parent run."""
+def open_fold_run(state: RunState, index: int | str) -> mlflow.ActiveRun:
+    """Start (or reopen) the nested child run of fold `index` (or "final") under the active parent run."""
     fold = state.fold(index)
     if fold.get("run_id"):
         return mlflow.start_run(run_id=fold["run_id"], nested=True)
-    run = mlflow.start_run(run_name=f"fold{index}", nested=True)
+    run = mlflow.start_run(run_name=f"fold{index}" if isinstance(index, int) else str(index), nested=True)
     mlflow.set_tag("fold", str(index))
     fold["run_id"] = run.info.run_id
     state.save()
