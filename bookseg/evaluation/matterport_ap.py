@@ -1,7 +1,6 @@
 """Matterport-style mask AP: per image, classes pooled, VOC all-point interpolation.
 
-This reproduces `mrcnn.utils.compute_matches` / `compute_ap` / `compute_ap_range` (see
-docs/mrcnn-contract.md §1.10) so numbers stay comparable with what matterport users report, with
+This reproduces matterport's `mrcnn.utils.compute_matches` / `compute_ap` / `compute_ap_range` so numbers stay comparable with what matterport users report, with
 these fixes, all deliberate:
 
 * An image with no ground truth used to divide by zero (matterport issue #1630). Here:

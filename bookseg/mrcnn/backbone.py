@@ -1,6 +1,6 @@
 """Backbones producing the C2..C5 feature maps: ResNet-50/101 with matterport's names, and `tiny`.
 
-ResNet follows matterport's `resnet_graph` (contract §1.2): ZeroPadding(3), `conv1` 7x7/2,
+ResNet follows matterport's `resnet_graph`: ZeroPadding(3), `conv1` 7x7/2,
 `bn_conv1`, ReLU, 3x3/2 max pool, then bottleneck stages 2-5 with the stride on the first 1x1
 conv (Caffe/MSRA style), every conv with a bias, a norm layer after each conv (`config.norm`:
 matterport's frozen BatchNorm, epsilon 1e-3, by default; see normalization.py). Layer names are the

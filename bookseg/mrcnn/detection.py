@@ -1,6 +1,6 @@
 """DetectionLayer (`mrcnn_detection`): classified, refined ROIs -> final detections, batched.
 
-matterport semantics (contract §1.2): each ROI takes its argmax class and that class's box
+matterport semantics: each ROI takes its argmax class and that class's box
 deltas; boxes are clipped to the image window; background ROIs and ROIs scoring below the
 confidence threshold are dropped; NMS runs per class; the best `max_instances` survive, sorted
 by score. Implemented with `tf.image.combined_non_max_suppression` over the whole batch (per-class

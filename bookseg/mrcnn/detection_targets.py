@@ -1,6 +1,6 @@
 """DetectionTargetLayer (`proposal_targets`): sample ROIs and build the heads' training targets.
 
-matterport semantics (contract §1.2), per image:
+matterport semantics, per image:
 
 * zero rows of the proposals (padding) and GT rows with class id 0 (padding) are dropped;
 * GT with a negative class id are crowd regions: never targets, and a proposal overlapping any

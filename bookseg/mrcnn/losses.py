@@ -1,4 +1,6 @@
-"""The five Mask R-CNN losses (contract §1.5) and the weight-decay term, as TensorFlow functions.
+"""The five Mask R-CNN losses and the weight-decay term, as TensorFlow functions.
+
+Definitions as matterport's; docs/mrcnn-differences.md lists where bookseg departs.
 
 Each returns a float32 scalar and is 0 (never NaN) when there is nothing to learn from, e.g. an
 image without books has no positive anchor or ROI, so its box and mask losses are 0.

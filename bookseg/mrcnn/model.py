@@ -1,7 +1,7 @@
 """MaskRCNN: the Keras 3 model, its training/validation steps and `detect`.
 
 The network is made of four Functional sub-models holding every weight, with matterport's layer
-names (contract §1.3): `backbone_fpn` (image -> P2..P6), `rpn_model` (shared RPN head),
+names (matterport's, so its h5 files load by name): `backbone_fpn` (image -> P2..P6), `rpn_model` (shared RPN head),
 `fpn_classifier` and `fpn_mask` (ROI heads on flattened ROIs, see heads.py). The weightless
 graph layers (`ROI`, `proposal_targets`, `roi_align_*`, `mrcnn_detection`) are wired in Python
 by `training_outputs` (training graph) and `inference_outputs` (inference graph), so one model
@@ -109,7 +109,7 @@ class MaskRCNN(keras.Model):
         config: `MrcnnConfig` (validated here).
 
     Training batches are dicts with the keys of `TRAINING_INPUTS` (see
-    `bookseg.mrcnn.inputs.make_dataset` and the shared contract). Compile with
+    `bookseg.mrcnn.inputs.make_dataset`). Compile with
     `jit_compile=False` (done by `training.train_stages`).
     """
 
@@ -153,7 +153,7 @@ class MaskRCNN(keras.Model):
         """The training graph on one batch (dict with the `TRAINING_INPUTS` keys).
 
         Args:
-            batch: training batch (contract "Training batch"); image shape must be static.
+            batch: training batch (`TRAINING_INPUTS`, as `make_dataset` builds it); image shape must be static.
             training: passed to the sub-models (batch statistics with `config.norm` "batch_norm").
             deterministic: fixed ROI sampling (used for validation).
 

@@ -10,7 +10,7 @@ CANONICAL_SIZE = 224.0  # an ROI of 224 x 224 pixels maps to P4 (FPN paper, eq. 
 
 
 def roi_levels(boxes, image_hw):
-    """Pyramid level of each box (matterport/FPN formula, contract §1.2).
+    """Pyramid level of each box (matterport/FPN formula).
 
     level = clip(4 + round(log2(sqrt(h * w) / (224 / sqrt(H * W)))), 2, 5), with h, w the
     normalised box size and H, W the molded image size (so roughly 4 + log2(side_px / 224)).

@@ -3,7 +3,7 @@
 For every anchor: 1 positive, -1 negative, 0 neutral (ignored by the RPN class loss), and for
 the positives the box deltas that move the anchor onto its best-matching ground-truth box.
 
-Rules (matterport, contract §1.8), in this order:
+Rules (matterport's), in this order:
 1. Crowd boxes (negative class id) never make an anchor positive; an anchor overlapping any crowd
    box with IoU >= 0.001 is never negative.
 2. Negative: max IoU with the (non-crowd) GT boxes < 0.3.

@@ -6,7 +6,7 @@ ended, so callbacks and checkpoints see one continuous run), and can resume from
 Each stage re-compiles the model with a fresh optimizer; the losses are computed in
 `MaskRCNN.train_step`, so re-compiling never adds them twice (matterport TF2 ports did).
 
-Layer selection (contract §1.4, `re.fullmatch` on matterport layer names; `rpn_model` is one
+Layer selection (matterport's, `re.fullmatch` on matterport layer names; `rpn_model` is one
 layer). The tiny backbone's stages `tiny_c3*` .. `tiny_c5*` join "3+", "4+", "5+" like `res3*` ..
 `res5*`; its stem and stage 2 (`tiny_c1*`, `tiny_c2*`) train only with "all", like conv1/res2.
 """

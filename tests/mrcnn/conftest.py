@@ -1,6 +1,6 @@
 """Fixtures for the Mask R-CNN tests: a tiny config and a NumPy training-batch builder.
 
-`make_batch` builds the exact dict the model consumes (contract "Training batch") from full-size
+`make_batch` builds the exact dict the model consumes (`TRAINING_INPUTS`) from full-size
 instance masks, with bookseg's own image and RPN-target helpers, so the model can be tested
 without the tf.data pipeline.
 """

@@ -63,7 +63,7 @@ def r101_coco():
     return MaskRCNN(MrcnnConfig(backbone="resnet101", num_classes=81))
 
 
-def test_r101_has_every_contract_layer_with_its_weight_shapes(r101_coco):
+def test_r101_has_every_matterport_layer_with_its_weight_shapes(r101_coco):
     named = named_weight_layers(r101_coco)
     expected = {**expected_resnet_layers(23), **expected_head_layers(81)}
     assert set(named) == set(expected)
