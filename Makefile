@@ -30,8 +30,9 @@ experiment: ## Run one experiment: make experiment EXP=anchors_small
 sweep: ## Run a sweep preset: make sweep SWEEP=anchors (conf/sweep/)
 	$(PYTHON) -m bookseg.run +sweep=$(SWEEP)
 
-ui: ## Serve the MLflow UI on http://127.0.0.1:$(PORT) for the local store
-	$(PYTHON) -m mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(PORT)
+ui: ## Serve the MLflow UI on http://127.0.0.1:$(PORT) for $$MLFLOW_TRACKING_URI, else ./mlflow.db
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(PYTHON) -m mlflow ui \
+	    --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" --host 127.0.0.1 --port $(PORT) --workers 1
 
 print-config: ## Print the resolved config of an experiment: make print-config EXP=anchors_small
 	$(PYTHON) -m bookseg.run +experiment=$(EXP) --cfg job --resolve

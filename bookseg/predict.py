@@ -32,6 +32,7 @@ from bookseg.predict_outputs import (
     COUNTS_CSV,
     OVERLAYS,
     VIA_PROJECT,
+    VIA_PROJECT_NAME,
     PredictionWriter,
     check_outputs_free,
 )
@@ -82,10 +83,15 @@ class PredictSummary:
         if self.skipped:
             lines.append(f"  {len(self.skipped)} image(s) could not be read and were skipped:")
             lines += [f"    {path}: {reason}" for path, reason in self.skipped]
-        if self.images_root is not None:
+        if self.n_books == 0 and self.images:
+            lines.append("The model found no book in these images: nothing to correct. Check the model's "
+                         "metrics, or lower --min-confidence.")
+        elif self.images_root is not None:
             lines.append(
-                f"Correct the outlines in VIA ({VIA_PROJECT}), save the project, then train on it:\n"
-                f"  python -m bookseg.run data=via data.path={self.out_dir / VIA_PROJECT}\n"
+                f"Correct the outlines: open {self.out_dir / VIA_PROJECT} in VIA 2 (Project > Load), fix them, "
+                f"then Project > Save, which downloads {VIA_PROJECT_NAME}.json (usually into your Downloads "
+                "folder). Train on that file, not on this folder's unchanged copy:\n"
+                f"  python -m bookseg.run data=via data.path=<Downloads>/{VIA_PROJECT_NAME}.json\n"
                 f"  (the project names its image folder, {self.images_root}, so no data.images_dir is needed)"
             )
         return "\n".join(lines)

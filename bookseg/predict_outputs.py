@@ -33,6 +33,7 @@ COCO_RESULTS = "predictions_coco.json"
 COCO_IMAGES = "images.json"
 COUNTS_CSV = "counts.csv"
 VIA_PROJECT = "via_project.json"
+VIA_PROJECT_NAME = "bookseg_predictions"  # VIA's Project > Save downloads <name>.json
 OVERLAYS = "overlays"
 CLASS_ATTRIBUTE = "name"
 SCORE_ATTRIBUTE = "score"
@@ -217,7 +218,7 @@ class PredictionWriter:
             self._via_records,
             self.out_dir / VIA_PROJECT,
             class_attribute=CLASS_ATTRIBUTE,
-            project_name="bookseg_predictions",
+            project_name=VIA_PROJECT_NAME,
             region_attributes=self._via_scores,
             overwrite=self.overwrite,
         )

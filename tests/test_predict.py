@@ -33,7 +33,7 @@ from bookseg.data.readers import load_dataset
 from bookseg.data.records import boxes_from_masks, rasterize_polygon
 from bookseg.data.synthetic import generate_shelves
 from bookseg.evaluation.coco_eval import records_to_coco
-from bookseg.predict import CHUNK_PIXELS, find_images, predict_paths, relative_names
+from bookseg.predict import CHUNK_PIXELS, PredictSummary, find_images, predict_paths, relative_names
 from bookseg.predict_outputs import overlay_names
 
 
@@ -147,8 +147,19 @@ def test_counts_csv_has_one_row_per_image_with_the_known_books(shelves, oracle_r
     assert summary.images == expected
     assert summary.n_books == sum(len(r.instances) for r in records) > 0
     assert summary.skipped == [] and summary.empty_masks_dropped == 0
-    assert f"data=via data.path={out / 'via_project.json'}\n" in summary.text()
+    # VIA's Project > Save downloads <project name>.json: the hint names that file, not the unchanged copy.
+    project_name = json.loads((out / "via_project.json").read_text())["_via_settings"]["project"]["name"]
+    assert f"data=via data.path=<Downloads>/{project_name}.json\n" in summary.text()
+    assert f"data.path={out / 'via_project.json'}" not in summary.text()
     assert f"image folder, {shelves[0]}, so no data.images_dir" in summary.text()
+
+
+def test_a_model_that_finds_nothing_does_not_ask_for_corrections(tmp_path):
+    summary = PredictSummary(out_dir=tmp_path, images_root=tmp_path)
+    summary.images = [("a.png", 64, 32, 0), ("b.png", 64, 32, 0)]
+    text = summary.text()
+    assert text.startswith("0 books in 2 images")
+    assert "found no book" in text and "Correct the outlines" not in text
 
 
 def test_coco_results_load_against_ground_truth_and_score_perfectly(shelves, oracle_run):
