@@ -82,6 +82,7 @@ class ModelConfig:
 
 @dataclass
 class AnchorsConfig:
+    name: str = "default"  # the preset (conf/anchors/<name>.yaml), logged as a param like the other groups'
     scales: list[float] = field(default_factory=lambda: [32, 64, 128, 256, 512])  # one per level P2..P6, px
     ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # width / height
     stride: int = 1  # anchors every N feature cells

@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bookseg.data.polygons import self_intersections
 from bookseg.data.records import ImageRecord, Instance, rasterize_polygon
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,23 @@ def write_via2_project(
 def mask_to_polygon(
     mask: np.ndarray, simplify_tolerance: float = 0.5, min_iou: float = 0.97
 ) -> tuple[np.ndarray | None, int]:
+    """Outline of a mask's largest connected part as a simple open polygon (see `_outline`).
+
+    A part with 1-pixel-wide spurs or slits traces as an outline that runs back over itself, which
+    readers flag as self-intersecting; when simplifying (`simplify_tolerance` > 0) such a part is
+    outlined again after a 3 x 3 opening (the spurs removed), kept when that outline is simple.
+    Without simplification the exact trace is kept: it rasterises back to exactly the part.
+    """
+    polygon, parts = _outline(mask, simplify_tolerance, min_iou)
+    if simplify_tolerance > 0 and polygon is not None and self_intersections([polygon])[0]:
+        opened = cv2.morphologyEx(np.ascontiguousarray(mask, np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        retry, _ = _outline(opened.astype(bool), simplify_tolerance, min_iou)
+        if retry is not None and not self_intersections([retry])[0]:
+            polygon = retry
+    return polygon, parts
+
+
+def _outline(mask: np.ndarray, simplify_tolerance: float, min_iou: float) -> tuple[np.ndarray | None, int]:
     """Outline of a mask's largest connected part as an open polygon.
 
     The contour runs through the centres of the part's boundary pixels, which rasterises back to

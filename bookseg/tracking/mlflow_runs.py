@@ -30,7 +30,10 @@ def tracking_uri(cfg: DictConfig) -> str:
 
 
 def flatten(tree, prefix: str = "") -> dict[str, str]:
-    """Flatten nested dicts/lists into dotted keys with string values (MLflow params)."""
+    """Flatten nested dicts/lists into dotted keys with string values (MLflow params).
+
+    A list of scalars stays one param, written as JSON (`["smoke"]`, as MLflow's compare page shows lists).
+    """
     out: dict[str, str] = {}
     if isinstance(tree, dict):
         for key, value in tree.items():
@@ -38,6 +41,8 @@ def flatten(tree, prefix: str = "") -> dict[str, str]:
     elif isinstance(tree, list) and any(isinstance(v, (dict, list)) for v in tree):
         for i, value in enumerate(tree):
             out.update(flatten(value, f"{prefix}{i}."))
+    elif isinstance(tree, list):
+        out[prefix[:-1]] = json.dumps(tree)
     else:
         out[prefix[:-1]] = str(tree)
     return out

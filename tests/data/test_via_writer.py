@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from bookseg.data.polygons import self_intersections
 from bookseg.data.records import ImageRecord, Instance, rasterize_polygon
 from bookseg.data.via_writer import mask_to_polygon, write_via2_project
 
@@ -188,6 +189,21 @@ def test_thin_masks_become_their_pixel_box(pixels):
     polygon, _ = mask_to_polygon(mask)
     assert len(polygon) >= 3
     np.testing.assert_array_equal(rasterize_polygon(polygon, 20, 40), mask)
+
+
+def test_one_pixel_spurs_do_not_make_the_outline_self_intersecting():
+    """A book partly hidden so that a 1-px-wide strip of it stays visible (as the synthetic shelves make)."""
+    mask = np.zeros((40, 30), bool)
+    mask[5:30, 8:20] = True
+    mask[30:38, 8] = True  # a spur one pixel wide, below the left edge
+    mask[10:25, 13] = False  # a slit one pixel wide, open at the top
+    mask[5:10, 13] = False
+    exact = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0][0]
+    assert self_intersections([exact.reshape(-1, 2) + 0.5])[0]  # the plain trace runs back over itself
+    polygon, parts = mask_to_polygon(mask)
+    assert parts == 1 and not self_intersections([polygon])[0]
+    drawn = rasterize_polygon(polygon, *mask.shape)
+    assert np.count_nonzero(drawn & mask) / np.count_nonzero(drawn | mask) > 0.85
 
 
 def test_split_and_empty_masks_are_counted_not_silent(tmp_path, caplog):

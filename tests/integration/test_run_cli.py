@@ -25,9 +25,11 @@ def test_sweep_logs_one_parent_run_per_point_with_nested_fold_runs(smoke_sweep):
     client = smoke_sweep.client()
     scales = [ast.literal_eval(p.data.params["anchors.scales"]) for p in smoke_sweep.parents]
     assert scales == [[32, 64, 128, 256, 512], [16, 32, 64, 128, 256]]
+    assert [p.data.params["anchors.name"] for p in smoke_sweep.parents] == ["default", "small"]
     for parent in smoke_sweep.parents:
         assert parent.data.params["model.backbone"] == "tiny"
         assert parent.data.params["cv.k"] == "2"
+        assert parent.data.params["tags"] == '["smoke"]'  # JSON, as MLflow's compare page shows lists
         assert "+experiment=smoke" in parent.data.tags["bookseg.overrides"]
         sha = parent.data.tags["mlflow.source.git.commit"]
         assert len(sha) == 40 or sha == "unknown"
