@@ -57,6 +57,7 @@ PROBLEM_KINDS: dict[str, Kind] = {
     "unused_category": Kind(WARNING, False, "COCO category without annotations (kept as a class)"),
     # Notes: counted for information.
     "image_without_instances": Kind(NOTE, False, "image without instances, kept as a negative"),
+    "embedded_image": Kind(NOTE, False, "LabelMe image file missing, its embedded imageData used"),
     "crowd_region": Kind(NOTE, False, "COCO iscrowd region (kept, flagged iscrowd)"),
     "points_on_border": Kind(
         NOTE, False, "points at most 0.5 px outside the image (rounding), clipped to the border"

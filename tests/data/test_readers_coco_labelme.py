@@ -195,3 +195,24 @@ def test_labelme_folder_size_mismatch_and_images_dir(tmp_path):
     dataset = load_dataset(tmp_path / "labels", images_dir=tmp_path / "images")
     assert dataset.records[0].path == (tmp_path / "images" / "c.png").resolve()
     assert dataset.source == tmp_path / "labels" / "c.json"
+
+
+def test_labelme_image_missing_but_embedded_is_read_from_image_data(tmp_path, monkeypatch):
+    """LabelMe opens a file whose image is gone when it embeds it (`imageData`); so does bookseg,
+    writing the image into the cache folder, never next to the user's files."""
+    monkeypatch.setenv("BOOKSEG_CACHE", str(tmp_path / "cache"))
+    write_image(tmp_path / "gone.png", 64, 48)
+    content = (tmp_path / "gone.png").read_bytes()
+    (tmp_path / "gone.png").unlink()
+    data = labelme("gone.png", [{"points": [[2, 2], [12, 2], [12, 20]], "shape_type": "polygon"}])
+    data["imageData"] = base64.b64encode(content).decode()
+    dataset = load_dataset(write_json(tmp_path / "ann" / "shelf.json", data))
+    (record,) = dataset.records
+    assert record.path.parent == tmp_path / "cache" / "labelme-images"
+    assert record.path.read_bytes() == content and (record.width, record.height) == (64, 48)
+    assert dataset.report.counts == {"embedded_image": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ann", "cache"]
+
+    data["imageData"] = None  # nothing embedded: the missing file stays an error naming it
+    with pytest.raises(DatasetError, match="gone.png"):
+        load_dataset(write_json(tmp_path / "ann" / "shelf.json", data))

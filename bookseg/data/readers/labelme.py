@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import os
 import posixpath
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -67,6 +70,27 @@ def _shape_region(shape_type: str, shape: dict, label: str, class_name: str) -> 
     return RawRegion(label, class_name, mask=_decode_mask(shape.get("mask")), mask_origin=(int(x), int(y)))
 
 
+def _embedded_image(image_data: str, missing: Path) -> Path | None:
+    """The image LabelMe embeds (`imageData`, base64 of the file's bytes) as a file in the cache folder.
+
+    Written once under a content-hash name in `$BOOKSEG_CACHE/labelme-images/` (default
+    `./.cache/bookseg`), never next to the user's files; None when the data is not base64 (the image
+    is then reported missing as usual).
+    """
+    try:
+        content = base64.b64decode(image_data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    folder = Path(os.environ.get("BOOKSEG_CACHE") or Path.cwd() / ".cache" / "bookseg") / "labelme-images"
+    path = folder / f"{hashlib.sha256(content).hexdigest()[:20]}{missing.suffix.lower() or '.png'}"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_bytes(content)
+        os.replace(tmp, path)
+    return path
+
+
 def read_labelme(data: dict, ctx: ReadContext, *, basename_only: bool = False) -> RawImage | None:
     """Read one LabelMe file into one image.
 
@@ -85,6 +109,10 @@ def read_labelme(data: dict, ctx: ReadContext, *, basename_only: bool = False) -
     if basename_only:
         name = posixpath.basename(name)
     path = resolve_image_path(name, ctx.base_dirs, report, ctx.source, name)
+    if path is not None and not path.is_file() and isinstance(data.get("imageData"), str):
+        path = _embedded_image(data["imageData"], path)
+        if path is not None:
+            report.add("embedded_image", ctx.source, name, "", f"image read from imageData into {path}")
     flags = data.get("flags") if isinstance(data.get("flags"), dict) else {}
     image = RawImage(
         name,
