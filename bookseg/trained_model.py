@@ -10,6 +10,7 @@ every training image, with `weights/mask_rcnn_final.weights.h5`.
     trained = load_from_run("3f2a...", fold=1)          # parent run: fold 1
     trained = load_from_run("9c1b...")                  # a fold's child run: config from its parent
     trained = load_from_weights("fold0.weights.h5", config_path="config.yaml")
+    path = run_weights("3f2a...", None, cache / "runs")  # the same weights as a file (`model.weights=run:<id>`)
 
 Class names (class id k is `class_names[k - 1]`): given explicitly, else the run's `class_names.json`
 artifact when the runner logged one, else derived from the config's data section (`[default_class]` when
@@ -229,15 +230,7 @@ def load_from_run(
     Raises:
         ModelSourceError: unknown run, no such fold, no weights or config artifact.
     """
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri=uri)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as error:
-        raise ModelSourceError(f"no MLflow run {run_id!r} in {uri}: {error.message}") from error
+    client, uri, run = _open_run(run_id, tracking_uri)
     parent_id = run.data.tags.get("mlflow.parentRunId")
     if parent_id:
         child = run
@@ -257,6 +250,80 @@ def load_from_run(
         weights = _download(uri, child.info.run_id, _weights_artifact(client, child), Path(tmp))
         source = f"MLflow run {parent_id} {_describe(child)}"
         return build_model(cfg, names, weights, source, precision=precision)
+
+
+def run_weights(run_id: str, tracking_uri: str | None, dst: str | os.PathLike) -> Path:
+    """Local copy of the weights of run `run_id`, as `load_from_run` would choose them, kept under `dst`.
+
+    A job's parent run gives its finished final model (`cv.final`), else its best fold by mask_ap50; a fold's
+    (or the final model's) child run gives its own weights. The file is downloaded once to
+    `dst/<child run id>/weights/<file>` (into a temporary folder, then renamed) and reused afterwards:
+    a run's logged weights do not change.
+
+    Raises:
+        ModelSourceError: unknown run, a run that is not a bookseg job or fold, no weights artifact.
+    """
+    client, uri, run = _open_run(run_id, tracking_uri)
+    child = _model_run(client, run)
+    artifact = _weights_artifact(client, child)
+    target = Path(dst) / child.info.run_id / artifact
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=dst) as tmp:
+        os.replace(_download(uri, child.info.run_id, artifact, Path(tmp)), target)
+    return target
+
+
+@dataclass(frozen=True)
+class RunAnchors:
+    """The anchors a run's model trained with (a model fine-tuned from its weights needs as many ratios).
+
+    Attributes:
+        model: which model of the run, e.g. "fold 1 (child run 9c1b..., mask_ap50=0.81)".
+        scales, ratios: `anchors.scales` / `anchors.ratios`, the fold's fitted ones with `anchors.auto`.
+    """
+
+    model: str
+    scales: list[float]
+    ratios: list[float]
+
+
+def run_anchors(run_id: str, tracking_uri: str | None = None) -> RunAnchors:
+    """Anchors of the model `run_weights(run_id, ...)` gives: its job's `config.yaml`, with the fold's fitted
+    anchors when the job used `anchors.auto`.
+
+    Raises:
+        ModelSourceError: unknown run, no config artifact, anchors.auto without logged fitted anchors.
+    """
+    client, uri, run = _open_run(run_id, tracking_uri)
+    child = _model_run(client, run)
+    parent_id = run.data.tags.get("mlflow.parentRunId") or run_id
+    with tempfile.TemporaryDirectory(prefix="bookseg-run-") as tmp:
+        cfg = _with_fitted_anchors(load_config(_download(uri, parent_id, CONFIG_ARTIFACT, Path(tmp))), child)
+    return RunAnchors(_describe(child), [float(s) for s in cfg.anchors.scales], [float(r) for r in cfg.anchors.ratios])
+
+
+def _open_run(run_id: str, tracking_uri: str | None):
+    """(client, resolved tracking URI, run) of `run_id`."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as error:
+        raise ModelSourceError(f"no MLflow run {run_id!r} in {uri}: {error.message}") from error
+    return client, uri, run
+
+
+def _model_run(client, run):
+    """The child run whose weights stand for `run`: itself for a fold's run, else `_choose_fold`'s default."""
+    if run.data.tags.get("mlflow.parentRunId"):
+        _fold_of(run)  # a bookseg fold (or final) run
+        return run
+    return _choose_fold(client, run, None)
 
 
 def _with_fitted_anchors(cfg: DictConfig, child) -> DictConfig:

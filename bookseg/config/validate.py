@@ -11,6 +11,7 @@ from bookseg.data.augment import build_augmentation
 from bookseg.data.copy_paste import settings_problems as copy_paste_problems
 from bookseg.factory import lr_schedule, mrcnn_config
 from bookseg.mrcnn.config import NORMS, PRECISIONS
+from bookseg.mrcnn.pretrained import WeightsSourceError, is_named, resolve_config_weights
 
 # Per-fold metrics the CV loop aggregates (kept here so validation does not import TensorFlow).
 FOLD_METRICS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "box_ap75", "mask_ap50_matterport")
@@ -47,8 +48,8 @@ def validate(cfg: DictConfig) -> None:
         problems.append(f"model.precision={m.precision!r}: use {' or '.join(PRECISIONS)}")
     if not 0 < m.roi_positive_ratio <= 1:
         problems.append(f"model.roi_positive_ratio={m.roi_positive_ratio} must be in (0, 1]")
-    if m.weights and not Path(m.weights).expanduser().is_file():
-        problems.append(f"model.weights={m.weights!r}: no such file")
+    if m.weights and not is_named(m.weights) and not Path(m.weights).expanduser().is_file():
+        problems.append(f"model.weights={m.weights!r}: no such file (give an h5 file, or coco | imagenet | run:<run id>)")
     a = cfg.anchors
     if len(a.scales) != PYRAMID_LEVELS:
         problems.append(
@@ -135,13 +136,37 @@ def validate(cfg: DictConfig) -> None:
     if cfg.optimized_metric not in metrics:
         problems.append(f"optimized_metric={cfg.optimized_metric!r}: use one of {sorted(metrics)}")
 
+    if not problems:  # last: a named file may download (hundreds of MB) and is not worth it for a broken config
+        problems += weights_problems(cfg)
+
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def weights_problems(cfg: DictConfig) -> list[str]:
+    """`model.weights` resolved to a local file (`coco` / `imagenet` downloaded and verified on first use,
+    `run:<id>` fetched from MLflow), so a missing or corrupt file stops the job before anything trains; for
+    `run:<id>`, also whether the run's model has as many anchor ratios as this config."""
+    try:
+        resolved = resolve_config_weights(cfg)
+    except WeightsSourceError as exc:
+        return [str(exc)]
+    if resolved is None or resolved.run_id is None:
+        return []
+    a = cfg.anchors
+    mismatch = resolved.mismatch_hint(int(a.auto_ratios if a.auto and a.auto_ratios else len(a.ratios)))
+    return [f"model.weights={cfg.model.weights!r}: {mismatch}"] if mismatch else []
 
 
 def config_warnings(cfg: DictConfig) -> list[str]:
     """Settings that run but are very likely a mistake, each with the fix."""
     warnings = []
+    if cfg.model.weights == "coco" and cfg.model.backbone != "resnet101":
+        warnings.append(
+            f"model.weights=coco is matterport's ResNet-101 Mask R-CNN, model.backbone={cfg.model.backbone}: not all "
+            "of its layers fit (one of another shape stops the load; list such layers in model.weights_exclude). "
+            "Use model=resnet101, or model.weights=imagenet for a ResNet-50"
+        )
     if cfg.model.norm == "frozen_bn" and not cfg.model.weights:
         warnings.append(
             "model.norm=frozen_bn without model.weights: BatchNorm stays frozen at its initial statistics "

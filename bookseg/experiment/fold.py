@@ -64,7 +64,7 @@ def run_fold(cfg: DictConfig, index: int | str, train: list[ImageRecord], val: l
     from bookseg.mrcnn.inputs import make_dataset
     from bookseg.mrcnn.model import MaskRCNN
     from bookseg.mrcnn.training import train_stages
-    from bookseg.mrcnn.weights import find_last_checkpoint, load_checkpoint, load_weights
+    from bookseg.mrcnn.weights import find_last_checkpoint, load_checkpoint
 
     keras.backend.clear_session()
     seed = cfg.seed + (cfg.cv.k if index == FINAL else index)
@@ -83,7 +83,7 @@ def run_fold(cfg: DictConfig, index: int | str, train: list[ImageRecord], val: l
         progress.skip(initial_epoch)
         print(f"fold {index}: resuming from {path} (epoch {initial_epoch})", flush=True)
     elif cfg.model.weights:
-        report = load_weights(model, Path(cfg.model.weights).expanduser(), exclude=list(cfg.model.weights_exclude))
+        report = _load_initial_weights(cfg, model, index)
         print(report.summary(), flush=True)
         mlflow.log_text(report.summary(), "weights_load_report.txt")
 
@@ -125,6 +125,24 @@ def run_fold(cfg: DictConfig, index: int | str, train: list[ImageRecord], val: l
     _log_artifacts(cfg, model, fold_dir, overlays, index, test_overlays)
     mlflow.log_metrics(metrics)  # last: a fold with final metrics is complete
     return metrics
+
+
+def _load_initial_weights(cfg: DictConfig, model, index: int | str):
+    """Load `model.weights` (a path, `coco`, `imagenet` or `run:<id>`, resolved as validation did) into
+    `model`; returns the `LoadReport`. For `run:<id>` weights that do not fit, the error says which anchors
+    the run trained with."""
+    from bookseg.mrcnn.pretrained import resolve_config_weights
+    from bookseg.mrcnn.weights import WeightLoadError, load_weights
+
+    start = resolve_config_weights(cfg)
+    print(f"{_label(index)}: initial weights {start.source}", flush=True)
+    try:
+        return load_weights(model, start.path, exclude=list(cfg.model.weights_exclude))
+    except WeightLoadError as error:
+        hint = start.mismatch_hint(len(model.config.rpn_anchor_ratios))
+        if hint:
+            raise WeightLoadError(f"{error}\n{hint}") from error
+        raise
 
 
 def evaluate_fold(cfg: DictConfig, model, val: list[ImageRecord], class_names: list[str], whole: bool = False):
