@@ -99,7 +99,7 @@ def aggregate(results: dict[int | str, dict[str, float]]) -> dict[str, float]:
     names = [(f"cv/{name}", name) for name in FOLD_METRICS]
     if all(f"test/{name}" in m for m in folds.values() for name in FOLD_METRICS):
         names += [(f"test/{name}", f"test/{name}") for name in FOLD_METRICS]
-    for prefix, key in names:
+    for prefix, key in names if folds else []:  # `cv.folds=[]` with `cv.final`: the final model only
         values = np.array([m[key] for m in folds.values()], float)
         finite = values[np.isfinite(values)]
         out[f"{prefix}_mean"] = float(finite.mean()) if finite.size else float("nan")
@@ -114,8 +114,12 @@ def results_table(results: dict[int | str, dict[str, float]], summary: dict[str,
     with the final model's row (`cv.final`) under the folds'."""
     names = ("mask_ap50", "mask_ap", "mask_ap75", "box_ap50", "box_ap", "mask_ap50_matterport")
     width = max(len(n) for n in names) + 2
-    tables = [("cv", "")] + ([("test", "test/")] if "test/mask_ap50_mean" in summary else [])
     folds = sorted(i for i in results if i != FINAL)
+    if not folds:
+        final = results.get(FINAL, {})
+        return "final model, held-out test set:\n" + "\n".join(f"  {n}: {final[f'test/{n}']:.3f}" for n in names
+                                                                if f"test/{n}" in final)
+    tables = [("cv", "")] + ([("test", "test/")] if "test/mask_ap50_mean" in summary else [])
     lines = []
     for prefix, key in tables:
         if lines:

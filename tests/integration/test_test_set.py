@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from bookseg.data.readers import load_dataset
 from bookseg.data.synthetic import synthetic_dataset_path
-from bookseg.experiment.cv import train_final
+from bookseg.experiment.cv import aggregate, results_table, train_final
 from bookseg.experiment.data import load_test_data
 from bookseg.experiment.fold import FINAL
 from bookseg.tracking.mlflow_runs import RunState
@@ -82,3 +82,12 @@ def test_a_finished_final_model_is_not_trained_again(tmp_path, capsys):
     assert train_final(cfg, dataset=None, job_dir=tmp_path, state=RunState(tmp_path), test=None,
                        progress=None) == {}
     assert "final model: already trained in this run" in capsys.readouterr().out
+
+
+def test_a_job_of_the_final_model_only_reports_its_test_scores():
+    """`cv.folds=[] cv.final=true`: no fold, so no cross-validation figures, only the final model's."""
+    results = {FINAL: {"test/mask_ap50": 0.7, "test/box_ap50": 0.8}}
+    summary = aggregate(results)
+    assert summary == {"cv/n_folds": 0.0, "final/test/mask_ap50": 0.7, "final/test/box_ap50": 0.8}
+    assert results_table(results, summary).splitlines() == [
+        "final model, held-out test set:", "  mask_ap50: 0.700", "  box_ap50: 0.800"]
