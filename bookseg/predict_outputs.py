@@ -80,6 +80,28 @@ def check_outputs_free(out_dir: Path, files: Sequence[str], overwrite: bool) -> 
         )
 
 
+def detection_polygon(mask: np.ndarray, roi) -> tuple[np.ndarray | None, int]:
+    """Outline of one detection's mask: `via_writer.mask_to_polygon` of its largest part.
+
+    Args:
+        mask: bool [H, W], the detection's full-size mask.
+        roi: its `detect` box (y1, x1, y2, x2) in pixels, y2/x2 exclusive.
+
+    Returns:
+        (polygon, parts): polygon float64 [P, 2] (x, y) in image pixels, pixel (col, row) spanning
+        [col, col + 1) x [row, row + 1) (COCO / records.py convention), or None for an empty mask;
+        parts = number of separate parts of the mask (only the largest is outlined).
+    """
+    from bookseg.data.via_writer import mask_to_polygon
+
+    y1, x1, y2, x2 = (int(v) for v in roi)
+    # The mask lies inside its box (unmold_detections pastes it there): outline the crop only.
+    polygon, parts = mask_to_polygon(mask[y1:y2, x1:x2])
+    if polygon is None:  # the whole mask is outside its box: outline the full mask
+        return mask_to_polygon(mask)
+    return polygon + np.array([x1, y1], np.float64), parts
+
+
 class PredictionWriter:
     """Streams detections into the output folder; call `add` per image, then `close` (or `abort`).
 
@@ -168,17 +190,10 @@ class PredictionWriter:
 
     def _via_record(self, file, path, width, height, rois, class_ids, masks):
         from bookseg.data.records import ImageRecord, Instance
-        from bookseg.data.via_writer import mask_to_polygon
 
         instances = []
         for k in range(len(class_ids)):
-            y1, x1, y2, x2 = (int(v) for v in rois[k])
-            # The mask lies inside its box (unmold_detections pastes it there): outline the crop only.
-            polygon, parts = mask_to_polygon(masks[y1:y2, x1:x2, k])
-            if polygon is None:  # the whole mask is outside its box: outline the full mask
-                polygon, parts = mask_to_polygon(masks[:, :, k])
-            else:
-                polygon = polygon + np.array([x1, y1], np.float64)
+            polygon, parts = detection_polygon(masks[:, :, k], rois[k])
             self.stats.multipart_masks += parts > 1
             instances.append(
                 Instance(

@@ -61,6 +61,9 @@ def run(cfg: DictConfig, opened: dict) -> float:
     # Imported after validation so that `--cfg job`, `--help` and config errors do not wait for TensorFlow.
     from bookseg.experiment.cv import aggregate, cross_validate, log_config, results_table
     from bookseg.experiment.data import fingerprint, load_data, load_test_data
+    from bookseg.tracking.registry import check_registration, register_job_model
+
+    check_registration(cfg.tracking)  # a bad tracking.register_model fails now, not after training
 
     dataset = load_data(cfg)
     print(dataset.report.summary() if dataset.report else "", flush=True)
@@ -84,8 +87,16 @@ def run(cfg: DictConfig, opened: dict) -> float:
         mlflow.log_metrics(summary)
         table = results_table(results, summary)
         mlflow.log_text(table, "results.txt")
+        registered = None  # tracking.register_model: the job's model as a servable, registered pyfunc
+        if cfg.tracking.register_model:
+            registered = register_job_model(cfg.tracking.register_model, parent.info.run_id, summary,
+                                            tracking_uri(cfg))
         (job_dir / "DONE").write_text(parent.info.run_id)
     print(f"\n{table}\n")
+    if registered:
+        uri = f"models:/{registered.name}/{registered.version}"
+        print(f"Registered {uri} ({registered.tags['bookseg.source']})")
+        print(f"Serve it:  mlflow models serve -m {uri} --env-manager local -p 5001")
     print(f"MLflow: parent run {parent.info.run_id} in experiment '{cfg.tracking.experiment}'")
     print(f"Compare runs:  mlflow ui --backend-store-uri {tracking_uri(cfg)}   (or: make ui)")
     return summary.get(cfg.optimized_metric, float("nan"))

@@ -76,7 +76,7 @@ class ModelConfig:
     detection_max_instances: int = 100
     detection_min_confidence: float = 0.7
     detection_nms_threshold: float = 0.3
-    weights: Optional[str] = None  # h5 to start from (matterport / Keras ImageNet layout, or a fold's .weights.h5); None: from scratch
+    weights: Optional[str] = None  # start from: path (h5) | coco | imagenet | run:<run id> (bookseg.mrcnn.pretrained); None: scratch
     weights_exclude: list[str] = field(default_factory=list)  # layer names not to load
 
 
@@ -158,6 +158,8 @@ class TrackingConfig:
     log_weights: bool = True  # final weights of each fold as an artifact
     overlays: int = 4  # validation overlay images per fold
     tensorboard: bool = True
+    # MLflow registered model name: the job's model (final, else best fold) as a servable pyfunc
+    register_model: Optional[str] = None
 
 
 @dataclass

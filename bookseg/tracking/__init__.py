@@ -1,1 +1,2 @@
-"""Experiment tracking: MLflow runs (parent per job, child per fold), Keras callbacks, plots."""
+"""Experiment tracking: MLflow runs (parent per job, child per fold), Keras callbacks, plots, and the
+Model Registry pyfunc that serves a job's model (`registry`)."""
