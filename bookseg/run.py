@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 import bookseg  # noqa: F401  (sets KERAS_BACKEND before anything imports keras)
 from bookseg.config.schema import register_configs
 from bookseg.config.validate import config_warnings, validate
+from bookseg.tracking.hydra_callbacks import record_sweep_point
 from bookseg.tracking.mlflow_runs import RunState, open_parent_run, record_failed_job, run_key, tracking_uri
 
 register_configs()
@@ -98,8 +99,17 @@ def run(cfg: DictConfig, opened: dict) -> float:
         print(f"Registered {uri} ({registered.tags['bookseg.source']})")
         print(f"Serve it:  mlflow models serve -m {uri} --env-manager local -p 5001")
     print(f"MLflow: parent run {parent.info.run_id} in experiment '{cfg.tracking.experiment}'")
-    print(f"Compare runs:  mlflow ui --backend-store-uri {tracking_uri(cfg)}   (or: make ui)")
-    return summary.get(cfg.optimized_metric, float("nan"))
+    objective = summary.get(cfg.optimized_metric, float("nan"))
+    if _in_sweep():  # the sweep's end prints one table of all points and the hint once
+        record_sweep_point(_overrides(), parent.info.run_id, cfg.optimized_metric, objective,
+                           summary.get(cfg.optimized_metric.replace("_mean", "_std"), float("nan")))
+    else:
+        print(f"Compare runs:  mlflow ui --backend-store-uri {tracking_uri(cfg)}")
+    return objective
+
+
+def _in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -108,13 +118,14 @@ def main(cfg: DictConfig) -> float:
     try:
         return run(cfg, opened)
     except Exception as exc:
-        if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        if not _in_sweep():
             raise
         # An exception inside the parent run marks it FAILED on exit; in a sweep, one that happens before
         # (bad config, unreadable data) still gets a FAILED run, so no point vanishes from MLflow. The
         # sweeper gets a NaN objective and goes on with the other points.
-        if "run_id" not in opened:
-            record_failed_job(cfg, _overrides(), exc)
+        run_id = opened.get("run_id") or record_failed_job(cfg, _overrides(), exc)
+        record_sweep_point(_overrides(), run_id, cfg.optimized_metric, float("nan"), float("nan"),
+                           error=f"{type(exc).__name__}: {exc}")
         traceback.print_exc()
         return float("nan")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bookseg.mrcnn.config import LOSS_NAMES
+from bookseg.tracking.hydra_callbacks import sweep_table
 from tests.integration.conftest import CliRunner
 
 FOLD_METRICS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "mask_ap50_matterport")
@@ -21,7 +22,11 @@ def _artifact_paths(client, run_id, path=""):
 
 
 def test_sweep_logs_one_parent_run_per_point_with_nested_fold_runs(smoke_sweep):
-    assert "mean±std" in smoke_sweep.stdout and "mlflow ui" in smoke_sweep.stdout
+    assert "mean±std" in smoke_sweep.stdout
+    # One table of all points at the end (the two cv.k=1 points fail validation), and the hint once.
+    assert "sweep: 4 points, cv/mask_ap50_mean (mean ± std over folds), best first" in smoke_sweep.stdout
+    assert smoke_sweep.stdout.count("  FAILED ") == 2
+    assert smoke_sweep.stdout.count("mlflow ui --backend-store-uri") == 1
     client = smoke_sweep.client()
     scales = [ast.literal_eval(p.data.params["anchors.scales"]) for p in smoke_sweep.parents]
     assert scales == [[32, 64, 128, 256, 512], [16, 32, 64, 128, 256]]
@@ -121,3 +126,19 @@ def test_resumed_run_matches_an_uninterrupted_one(cli, tmp_path_factory):
         ref = ref_parent.data.metrics[f"cv/{name}_mean"]
         assert ref > 0.3, f"the reference run did not learn ({name}={ref:.3f}): the comparison would be empty"
         assert abs(parent.data.metrics[f"cv/{name}_mean"] - ref) < 0.15, name
+
+
+def test_sweep_table_ranks_points_and_shows_failures():
+    points = [
+        {"overrides": "anchors=small", "run_id": "aaaaaaaaaa", "metric": "cv/mask_ap50_mean", "mean": 0.5,
+         "std": 0.1, "error": None},
+        {"overrides": "anchors=bad", "run_id": None, "metric": "cv/mask_ap50_mean", "mean": None, "std": None,
+         "error": "ConfigError: invalid config"},
+        {"overrides": "anchors=default", "run_id": "bbbbbbbbbb", "metric": "cv/mask_ap50_mean", "mean": 0.75,
+         "std": 0.05, "error": None},
+    ]
+    lines = sweep_table(points).splitlines()
+    assert lines[0] == "sweep: 3 points, cv/mask_ap50_mean (mean ± std over folds), best first"
+    assert lines[2].split() == ["0.750", "±", "0.050", "bbbbbbbb", "anchors=default"]
+    assert lines[3].split() == ["0.500", "±", "0.100", "aaaaaaaa", "anchors=small"]
+    assert lines[4].split()[:2] == ["FAILED", "anchors=bad"] and "ConfigError" in lines[4]
