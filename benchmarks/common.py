@@ -66,31 +66,60 @@ def reference_is_exact(gflops: float) -> bool:
 
 
 # --------------------------------------------------------------------------- arguments and settings
-def base_parser(description: str, *, default_steps: int, default_warmup: int,
-                bookseg_model: bool = True) -> argparse.ArgumentParser:
+def base_parser(
+    description: str, *, default_steps: int, default_warmup: int, bookseg_model: bool = True
+) -> argparse.ArgumentParser:
     """Arguments every script shares: --size, --quick, --warmup, --steps, --images, --seed, --no-flops,
     and with `bookseg_model` the bookseg model options --precision and --rpn-conv-channels."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--size", type=int, choices=(512, 1024), default=512,
-                        help="image side in px: BENCH-512 (default) or BENCH-1024")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny model at 128 px and few steps: smoke-tests the script, figures are not results")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help=f"untimed iterations first (tracing, caches); default {default_warmup}, quick 1")
-    parser.add_argument("--steps", type=int, default=None,
-                        help=f"timed iterations; default {default_steps}, quick 2")
-    parser.add_argument("--images", type=int, default=None,
-                        help="synthetic images generated (default: enough for warm-up + steps, at least 8)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        choices=(512, 1024),
+        default=512,
+        help="image side in px: BENCH-512 (default) or BENCH-1024",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny model at 128 px and few steps: smoke-tests the script, figures are not results",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help=f"untimed iterations first (tracing, caches); default {default_warmup}, quick 1",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help=f"timed iterations; default {default_steps}, quick 2"
+    )
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="synthetic images generated (default: enough for warm-up + steps, at least 8)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic images and the model init")
-    parser.add_argument("--no-flops", action="store_true",
-                        help="skip counting bookseg's graph FLOPs with the TF profiler (saves a trace)")
+    parser.add_argument(
+        "--no-flops",
+        action="store_true",
+        help="skip counting bookseg's graph FLOPs with the TF profiler (saves a trace)",
+    )
     if bookseg_model:
         from bookseg.mrcnn.config import PRECISIONS
 
-        parser.add_argument("--precision", choices=PRECISIONS, default="float32",
-                            help="MrcnnConfig.precision: Keras dtype policy of the layers")
-        parser.add_argument("--rpn-conv-channels", type=int, default=512,
-                            help="width of rpn_conv_shared: 512 as matterport (default), 256 as torchvision")
+        parser.add_argument(
+            "--precision",
+            choices=PRECISIONS,
+            default="float32",
+            help="MrcnnConfig.precision: Keras dtype policy of the layers",
+        )
+        parser.add_argument(
+            "--rpn-conv-channels",
+            type=int,
+            default=512,
+            help="width of rpn_conv_shared: 512 as matterport (default), 256 as torchvision",
+        )
     parser.set_defaults(default_steps=default_steps, default_warmup=default_warmup)
     return parser
 
@@ -105,8 +134,9 @@ def resolve_counts(args) -> None:
         raise SystemExit(f"--warmup must be >= 0 and --steps >= 1 (got {args.warmup}, {args.steps})")
 
 
-def workload_config(size: int = 512, *, quick: bool = False, precision: str = "float32",
-                    rpn_conv_channels: int = 512):
+def workload_config(
+    size: int = 512, *, quick: bool = False, precision: str = "float32", rpn_conv_channels: int = 512
+):
     """The `MrcnnConfig` of BENCH-<size> (or the tiny smoke-test model at 128 px with `quick`);
     `rpn_conv_channels` applies to the ResNet-50 workload only."""
     from bookseg.mrcnn.config import MrcnnConfig
@@ -114,12 +144,25 @@ def workload_config(size: int = 512, *, quick: bool = False, precision: str = "f
     if quick:
         return MrcnnConfig(
             precision=precision,
-            backbone="tiny", tiny_channels=(8, 16, 32, 64), image_min_dim=128, image_max_dim=128,
-            top_down_pyramid_size=32, fpn_classif_fc_layers_size=64, rpn_conv_channels=32,
-            mask_head_channels=16, num_classes=2, images_per_batch=2, rpn_train_anchors_per_image=64,
-            pre_nms_limit=1000, post_nms_rois_training=200, post_nms_rois_inference=100,
-            train_rois_per_image=32, max_gt_instances=40, mini_mask_shape=(28, 28),
-            detection_max_instances=40, detection_min_confidence=0.0,
+            backbone="tiny",
+            tiny_channels=(8, 16, 32, 64),
+            image_min_dim=128,
+            image_max_dim=128,
+            top_down_pyramid_size=32,
+            fpn_classif_fc_layers_size=64,
+            rpn_conv_channels=32,
+            mask_head_channels=16,
+            num_classes=2,
+            images_per_batch=2,
+            rpn_train_anchors_per_image=64,
+            pre_nms_limit=1000,
+            post_nms_rois_training=200,
+            post_nms_rois_inference=100,
+            train_rois_per_image=32,
+            max_gt_instances=40,
+            mini_mask_shape=(28, 28),
+            detection_max_instances=40,
+            detection_min_confidence=0.0,
         )
     return MrcnnConfig(
         backbone="resnet50",
@@ -141,8 +184,9 @@ def workload_config(size: int = 512, *, quick: bool = False, precision: str = "f
 
 def workload_config_of(args):
     """`workload_config` for a script's parsed arguments."""
-    return workload_config(args.size, quick=args.quick, precision=args.precision,
-                           rpn_conv_channels=args.rpn_conv_channels)
+    return workload_config(
+        args.size, quick=args.quick, precision=args.precision, rpn_conv_channels=args.rpn_conv_channels
+    )
 
 
 def image_side(args) -> int:
@@ -159,9 +203,22 @@ def print_settings(title: str, settings: dict) -> None:
 def config_settings(config) -> dict:
     """The workload fields of an `MrcnnConfig` worth printing."""
     names = (
-        "backbone", "precision", "rpn_conv_channels", "image_max_dim", "num_classes", "images_per_batch", "rpn_train_anchors_per_image",
-        "pre_nms_limit", "post_nms_rois_training", "post_nms_rois_inference", "train_rois_per_image",
-        "detection_max_instances", "detection_min_confidence", "norm", "mask_shape", "mini_mask_shape",
+        "backbone",
+        "precision",
+        "rpn_conv_channels",
+        "image_max_dim",
+        "num_classes",
+        "images_per_batch",
+        "rpn_train_anchors_per_image",
+        "pre_nms_limit",
+        "post_nms_rois_training",
+        "post_nms_rois_inference",
+        "train_rois_per_image",
+        "detection_max_instances",
+        "detection_min_confidence",
+        "norm",
+        "mask_shape",
+        "mini_mask_shape",
     )
     return {f"config.{name}": getattr(config, name) for name in names}
 
@@ -326,32 +383,52 @@ def count_graph_gflops(function, *args) -> float | None:
         concrete = tf.function(function).get_concrete_function(*args)
         frozen = convert_variables_to_constants_v2(concrete)
         options = (
-            tf.compat.v1.profiler.ProfileOptionBuilder(tf.compat.v1.profiler.ProfileOptionBuilder.float_operation())
+            tf.compat.v1.profiler.ProfileOptionBuilder(
+                tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+            )
             .with_empty_output()
             .build()
         )
-        profile = tf.compat.v1.profiler.profile(graph=frozen.graph, run_meta=tf.compat.v1.RunMetadata(),
-                                                cmd="op", options=options)
+        profile = tf.compat.v1.profiler.profile(
+            graph=frozen.graph, run_meta=tf.compat.v1.RunMetadata(), cmd="op", options=options
+        )
     except Exception as error:  # noqa: BLE001 - counting is optional, the timing stands without it
         print(f"note: FLOP counting failed ({type(error).__name__}: {str(error)[:200]})", flush=True)
         return None
     return profile.total_float_ops / 1e9
 
 
-def report_gflops_rate(name: str, seconds_per_unit: float, counted: float | None, reference: float | None,
-                       unit: str, counted_by: str = "bookseg graph, tf.compat.v1.profiler; see benchmarks/README.md") -> None:
+def report_gflops_rate(
+    name: str,
+    seconds_per_unit: float,
+    counted: float | None,
+    reference: float | None,
+    unit: str,
+    counted_by: str = "bookseg graph, tf.compat.v1.profiler; see benchmarks/README.md",
+) -> None:
     """Print achieved GFLOP/s against the reference count (None: not applicable, e.g. --quick) and,
     when available, against the counted one."""
     if reference is None:
         print("note: no reference FLOP count for the quick (tiny) model", flush=True)
     else:
-        print_figure(f"{name}_reference_gflops", reference, f"GFLOPs per {unit}",
-                     "torchvision R50-FPN count from issue #6" + ("" if reference_is_exact(reference) else
-                                                                  ", scaled to this size"))
-        print_figure(f"{name}_gflops_per_s_reference", reference / seconds_per_unit, "GFLOP/s",
-                     "reference work / measured time")
+        print_figure(
+            f"{name}_reference_gflops",
+            reference,
+            f"GFLOPs per {unit}",
+            "torchvision R50-FPN count from issue #6"
+            + ("" if reference_is_exact(reference) else ", scaled to this size"),
+        )
+        print_figure(
+            f"{name}_gflops_per_s_reference",
+            reference / seconds_per_unit,
+            "GFLOP/s",
+            "reference work / measured time",
+        )
     if counted is not None:
-        print_figure(f"{name}_counted_gflops", counted, f"GFLOPs per {unit}",
-                     counted_by)
-        print_figure(f"{name}_gflops_per_s_counted", counted / seconds_per_unit, "GFLOP/s",
-                     "counted work / measured time")
+        print_figure(f"{name}_counted_gflops", counted, f"GFLOPs per {unit}", counted_by)
+        print_figure(
+            f"{name}_gflops_per_s_counted",
+            counted / seconds_per_unit,
+            "GFLOP/s",
+            "counted work / measured time",
+        )

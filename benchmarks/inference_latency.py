@@ -33,8 +33,9 @@ def inference_gflops(model, config, image_shape, anchors) -> float | None:
     anchors = tf.constant(anchors)
 
     def graph(images, metas):
-        out = model.inference_outputs(images, metas, anchors, config.detection_min_confidence,
-                                      config.detection_max_instances)
+        out = model.inference_outputs(
+            images, metas, anchors, config.detection_min_confidence, config.detection_max_instances
+        )
         return out["detections"], out["mrcnn_mask"]
 
     return common.count_graph_gflops(
@@ -60,18 +61,21 @@ def main(argv=None) -> None:
     data = common.synthetic_set(n_images, side, seed=args.seed)
     images = [load_image_rgb(record.path) for record in data.records]
 
-    common.print_settings("inference_latency", {
-        "workload": "quick smoke test (tiny model, not a result)" if args.quick else f"BENCH-{args.size}",
-        "image_px": f"{side}x{side}",
-        "synthetic_images": f"{n_images} (cycled)",
-        "mean_books_per_image": f"{data.mean_instances:.1f}",
-        "batch": "1 image per detect call",
-        "weights": f"random init (seed {args.seed})",
-        "warmup_images": args.warmup,
-        "timed_images": args.steps,
-        **common.config_settings(config),
-        **common.environment_settings(),
-    })
+    common.print_settings(
+        "inference_latency",
+        {
+            "workload": "quick smoke test (tiny model, not a result)" if args.quick else f"BENCH-{args.size}",
+            "image_px": f"{side}x{side}",
+            "synthetic_images": f"{n_images} (cycled)",
+            "mean_books_per_image": f"{data.mean_instances:.1f}",
+            "batch": "1 image per detect call",
+            "weights": f"random init (seed {args.seed})",
+            "warmup_images": args.warmup,
+            "timed_images": args.steps,
+            **common.config_settings(config),
+            **common.environment_settings(),
+        },
+    )
 
     keras.utils.set_random_seed(args.seed)
     model = MaskRCNN(config)
@@ -101,15 +105,25 @@ def main(argv=None) -> None:
         if index >= args.warmup:
             graph.times.append(time.perf_counter() - start)
 
-    common.print_figure("detect_ms_per_image_mean", 1000 * detect.mean, "ms", "model.detect([image]), whole call")
+    common.print_figure(
+        "detect_ms_per_image_mean", 1000 * detect.mean, "ms", "model.detect([image]), whole call"
+    )
     common.print_figure("detect_ms_per_image_median", 1000 * detect.median, "ms")
     common.print_figure("graph_ms_per_image_mean", 1000 * graph.mean, "ms", "compiled inference graph alone")
     common.print_figure("graph_ms_per_image_median", 1000 * graph.median, "ms")
-    common.print_figure("postprocess_share", max(0.0, 1.0 - graph.mean / detect.mean), "",
-                        "1 - graph / detect: molding, copies and mask pasting in Python")
+    common.print_figure(
+        "postprocess_share",
+        max(0.0, 1.0 - graph.mean / detect.mean),
+        "",
+        "1 - graph / detect: molding, copies and mask pasting in Python",
+    )
     common.print_figure("detections_per_image_mean", statistics.fmean(counts), "boxes")
-    common.print_figure("graph_traces", run.experimental_get_tracing_count(), "",
-                        "graph traces over all detect and graph calls; 1 = never retraced")
+    common.print_figure(
+        "graph_traces",
+        run.experimental_get_tracing_count(),
+        "",
+        "graph traces over all detect and graph calls; 1 = never retraced",
+    )
     common.print_figure("rss_before_timing_mib", rss_before, "MiB")
     common.print_figure("peak_rss_mib", common.peak_rss_mib(), "MiB", "getrusage ru_maxrss, whole process")
 
@@ -120,8 +134,11 @@ def main(argv=None) -> None:
     common.report_gflops_rate("detect", detect.mean, counted, reference, "image")
     common.report_gflops_rate("graph", graph.mean, counted, reference, "image")
     target = 0.75 * common.TORCHVISION_TARGETS["inference_s_per_image"]
-    print(f"note: target <= {1000 * target:.0f} ms per image (0.75x torchvision's 1.6 s on the project's 2-core "
-          "machine; compare both on one machine)", flush=True)
+    print(
+        f"note: target <= {1000 * target:.0f} ms per image (0.75x torchvision's 1.6 s on the project's 2-core "
+        "machine; compare both on one machine)",
+        flush=True,
+    )
     data.cleanup()
 
 

@@ -28,11 +28,17 @@ STAGES = ("image_load", "mask_rasterise", "augmentation", "resize_pad", "boxes_m
 
 def parse_args(argv=None):
     parser = common.base_parser(__doc__.splitlines()[0], default_steps=10, default_warmup=2)
-    parser.add_argument("--augmentation", default="heavy",
-                        help="preset in conf/augmentation (default heavy, the costliest; 'none' = off)")
-    parser.add_argument("--needed-images-per-s", type=float,
-                        default=1.25 * common.TORCHVISION_TARGETS["train_images_per_s"],
-                        help="training rate the pipeline must sustain (default: the issue's target)")
+    parser.add_argument(
+        "--augmentation",
+        default="heavy",
+        help="preset in conf/augmentation (default heavy, the costliest; 'none' = off)",
+    )
+    parser.add_argument(
+        "--needed-images-per-s",
+        type=float,
+        default=1.25 * common.TORCHVISION_TARGETS["train_images_per_s"],
+        help="training rate the pipeline must sustain (default: the issue's target)",
+    )
     args = parser.parse_args(argv)
     common.resolve_counts(args)
     return args
@@ -86,8 +92,9 @@ def dataset_rate(records, config, class_names, augment, warmup: int, steps: int,
     """Examples/s of `make_dataset` over `steps` batches after `warmup` batches."""
     from bookseg.mrcnn.inputs import make_dataset
 
-    iterator = iter(make_dataset(records, config, class_names, augment=augment, shuffle=True, seed=seed,
-                                 repeat=True))
+    iterator = iter(
+        make_dataset(records, config, class_names, augment=augment, shuffle=True, seed=seed, repeat=True)
+    )
     for _ in range(warmup):
         next(iterator)
     start = time.perf_counter()
@@ -106,19 +113,24 @@ def main(argv=None) -> None:
     augment = common.load_augmentation(args.augmentation, args.seed)
     examples = (args.warmup + args.steps) * int(config.images_per_batch)
 
-    common.print_settings("input_pipeline", {
-        "workload": "quick smoke test (tiny model settings, not a result)" if args.quick else f"BENCH-{args.size}",
-        "image_px": f"{side}x{side}",
-        "synthetic_images": f"{n_images} (cycled)",
-        "mean_books_per_image": f"{data.mean_instances:.1f}",
-        "augmentation": f"{args.augmentation} ({augment!r})",
-        "stage_examples": f"{args.steps * int(config.images_per_batch)} timed, single thread",
-        "warmup_batches": args.warmup,
-        "timed_batches": args.steps,
-        "needed_images_per_s": f"{args.needed_images_per_s:.3f}",
-        **common.config_settings(config),
-        **common.environment_settings(),
-    })
+    common.print_settings(
+        "input_pipeline",
+        {
+            "workload": "quick smoke test (tiny model settings, not a result)"
+            if args.quick
+            else f"BENCH-{args.size}",
+            "image_px": f"{side}x{side}",
+            "synthetic_images": f"{n_images} (cycled)",
+            "mean_books_per_image": f"{data.mean_instances:.1f}",
+            "augmentation": f"{args.augmentation} ({augment!r})",
+            "stage_examples": f"{args.steps * int(config.images_per_batch)} timed, single thread",
+            "warmup_batches": args.warmup,
+            "timed_batches": args.steps,
+            "needed_images_per_s": f"{args.needed_images_per_s:.3f}",
+            **common.config_settings(config),
+            **common.environment_settings(),
+        },
+    )
 
     watches = stage_costs(data.records, config, data.class_names, augment, examples, args.seed)
     skip = args.warmup * int(config.images_per_batch)  # first examples warm caches (imports, anchors)
@@ -128,18 +140,33 @@ def main(argv=None) -> None:
         mean_ms = 1000 * sum(times) / len(times)
         if name != "whole_example":
             stage_total += mean_ms
-        common.print_figure(f"stage_{name}_ms", mean_ms, "ms per example",
-                            "load_training_example end to end" if name == "whole_example" else "")
+        common.print_figure(
+            f"stage_{name}_ms",
+            mean_ms,
+            "ms per example",
+            "load_training_example end to end" if name == "whole_example" else "",
+        )
     common.print_figure("stage_sum_ms", stage_total, "ms per example", "sum of the stages above")
 
-    with_augmentation = dataset_rate(data.records, config, data.class_names, augment, args.warmup, args.steps,
-                                     args.seed)
+    with_augmentation = dataset_rate(
+        data.records, config, data.class_names, augment, args.warmup, args.steps, args.seed
+    )
     without = dataset_rate(data.records, config, data.class_names, None, args.warmup, args.steps, args.seed)
-    common.print_figure("dataset_examples_per_s_augmented", with_augmentation, "examples/s",
-                        f"make_dataset, augmentation {args.augmentation}")
-    common.print_figure("dataset_examples_per_s_plain", without, "examples/s", "make_dataset, no augmentation")
-    common.print_figure("headroom_vs_needed", with_augmentation / args.needed_images_per_s, "x",
-                        "augmented examples/s / needed training images/s (> 1: keeps up, pipeline alone)")
+    common.print_figure(
+        "dataset_examples_per_s_augmented",
+        with_augmentation,
+        "examples/s",
+        f"make_dataset, augmentation {args.augmentation}",
+    )
+    common.print_figure(
+        "dataset_examples_per_s_plain", without, "examples/s", "make_dataset, no augmentation"
+    )
+    common.print_figure(
+        "headroom_vs_needed",
+        with_augmentation / args.needed_images_per_s,
+        "x",
+        "augmented examples/s / needed training images/s (> 1: keeps up, pipeline alone)",
+    )
     common.print_figure("peak_rss_mib", common.peak_rss_mib(), "MiB", "getrusage ru_maxrss, whole process")
     data.cleanup()
 

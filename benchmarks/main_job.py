@@ -22,8 +22,12 @@ def main(overrides: list[str]) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-               "BOOKSEG_CACHE": str(root / "cache"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+            "BOOKSEG_CACHE": str(root / "cache"),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
         command = [sys.executable, "-m", "bookseg.run", *overrides]
         print("command:", " ".join(command[1:]), f"| cpus: {os.cpu_count()}", flush=True)
         start = time.monotonic()
@@ -34,10 +38,15 @@ def main(overrides: list[str]) -> None:
             sys.exit(f"failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
         experiment = client.get_experiment_by_name("bookseg/default")
-        parent = next(r for r in client.search_runs([experiment.experiment_id])
-                      if "mlflow.parentRunId" not in r.data.tags)
+        parent = next(
+            r
+            for r in client.search_runs([experiment.experiment_id])
+            if "mlflow.parentRunId" not in r.data.tags
+        )
         m = parent.data.metrics
-        print(f"wall time: {wall / 60:.1f} min   CPU time (user+sys): {(usage.ru_utime + usage.ru_stime) / 60:.1f} min")
+        print(
+            f"wall time: {wall / 60:.1f} min   CPU time (user+sys): {(usage.ru_utime + usage.ru_stime) / 60:.1f} min"
+        )
         for name in ("mask_ap50", "mask_ap", "box_ap", "mask_ap50_matterport"):
             print(f"{name}: {m[f'cv/{name}_mean']:.3f} ± {m[f'cv/{name}_std']:.3f}")
 

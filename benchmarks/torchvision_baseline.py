@@ -30,7 +30,9 @@ import common
 
 
 def parse_args(argv=None):
-    parser = common.base_parser(__doc__.splitlines()[0], default_steps=10, default_warmup=3, bookseg_model=False)
+    parser = common.base_parser(
+        __doc__.splitlines()[0], default_steps=10, default_warmup=3, bookseg_model=False
+    )
     parser.add_argument("--what", choices=("train", "inference", "both"), default="both")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader worker processes (training)")
     args = parser.parse_args(argv)
@@ -55,7 +57,8 @@ def build_model(size: int, quick: bool):
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
     settings = {
-        "min_size": size, "max_size": size,
+        "min_size": size,
+        "max_size": size,
         "rpn_batch_size_per_image": 64 if quick else 256,
         "rpn_post_nms_top_n_train": 200 if quick else 2000,
         "rpn_post_nms_top_n_test": 100 if quick else 1000,
@@ -102,8 +105,12 @@ def endless(loader):
 
 def measure_training(torch, model, data, args) -> None:
     loader = torch.utils.data.DataLoader(
-        ShelfDataset(data.records), batch_size=2, shuffle=True, num_workers=args.workers,
-        collate_fn=lambda items: tuple(zip(*items)), persistent_workers=args.workers > 0,
+        ShelfDataset(data.records),
+        batch_size=2,
+        shuffle=True,
+        num_workers=args.workers,
+        collate_fn=lambda items: tuple(zip(*items)),
+        persistent_workers=args.workers > 0,
     )
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
@@ -156,9 +163,17 @@ def measure_inference(torch, model, data, args) -> None:
     common.print_figure("detect_ms_per_image_mean", 1000 * watch.mean, "ms", "model([image]) in eval mode")
     common.print_figure("detect_ms_per_image_median", 1000 * watch.median, "ms")
     common.print_figure("detections_per_image_mean", statistics.fmean(counts), "boxes")
-    reference = None if args.quick else common.reference_gflops("inference_per_image", common.image_side(args))
-    common.report_gflops_rate("detect", watch.mean, counted, reference, "image",
-                              counted_by="torchvision model, torch.utils.flop_counter")
+    reference = (
+        None if args.quick else common.reference_gflops("inference_per_image", common.image_side(args))
+    )
+    common.report_gflops_rate(
+        "detect",
+        watch.mean,
+        counted,
+        reference,
+        "image",
+        counted_by="torchvision model, torch.utils.flop_counter",
+    )
 
 
 def main(argv=None) -> None:
@@ -169,21 +184,24 @@ def main(argv=None) -> None:
     side = common.image_side(args)
     data = common.synthetic_set(args.images or 8, side, seed=args.seed)
     model, settings = build_model(side, args.quick)
-    common.print_settings("torchvision_baseline", {
-        "workload": "quick smoke test (not a result)" if args.quick else f"BENCH-{args.size}",
-        "image_px": f"{side}x{side}",
-        "mean_books_per_image": f"{data.mean_instances:.1f}",
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "threads": torch.get_num_threads(),
-        "model": "maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2)",
-        **{f"model.{name}": value for name, value in settings.items()},
-        "optimizer": "SGD lr 0.001 momentum 0.9, clip_grad_norm_ 5",
-        "batch": "2 (training), 1 (inference)",
-        "warmup": args.warmup,
-        "steps": args.steps,
-        "workers": args.workers,
-    })
+    common.print_settings(
+        "torchvision_baseline",
+        {
+            "workload": "quick smoke test (not a result)" if args.quick else f"BENCH-{args.size}",
+            "image_px": f"{side}x{side}",
+            "mean_books_per_image": f"{data.mean_instances:.1f}",
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "threads": torch.get_num_threads(),
+            "model": "maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2)",
+            **{f"model.{name}": value for name, value in settings.items()},
+            "optimizer": "SGD lr 0.001 momentum 0.9, clip_grad_norm_ 5",
+            "batch": "2 (training), 1 (inference)",
+            "warmup": args.warmup,
+            "steps": args.steps,
+            "workers": args.workers,
+        },
+    )
     if args.what in ("train", "both"):
         measure_training(torch, model, data, args)
     if args.what in ("inference", "both"):

@@ -22,10 +22,16 @@ import common
 
 def parse_args(argv=None):
     parser = common.base_parser(__doc__.splitlines()[0], default_steps=10, default_warmup=3)
-    parser.add_argument("--augmentation", default="hflip",
-                        help="preset in conf/augmentation (default hflip, the runner's default; 'none' = off)")
-    parser.add_argument("--compare-cached", action="store_true",
-                        help="also time the same number of steps on one in-memory batch (no input pipeline)")
+    parser.add_argument(
+        "--augmentation",
+        default="hflip",
+        help="preset in conf/augmentation (default hflip, the runner's default; 'none' = off)",
+    )
+    parser.add_argument(
+        "--compare-cached",
+        action="store_true",
+        help="also time the same number of steps on one in-memory batch (no input pipeline)",
+    )
     args = parser.parse_args(argv)
     common.resolve_counts(args)
     return args
@@ -78,26 +84,30 @@ def main(argv=None) -> None:
     generation = time.perf_counter() - generation_start
     augment = common.load_augmentation(args.augmentation, args.seed)
 
-    common.print_settings("train_throughput", {
-        "workload": "quick smoke test (tiny model, not a result)" if args.quick else f"BENCH-{args.size}",
-        "image_px": f"{side}x{side}",
-        "synthetic_images": n_images,
-        "mean_books_per_image": f"{data.mean_instances:.1f}",
-        "augmentation": args.augmentation,
-        "trainable": "all layers (set_trainable 'all')",
-        "optimizer": "SGD lr 0.001 momentum 0.9 global_clipnorm 5",
-        "timing": "direct loop: next(make_dataset iterator) timed apart from tf.function(model.train_step)",
-        "warmup_steps": args.warmup,
-        "timed_steps": args.steps,
-        **common.config_settings(config),
-        **common.environment_settings(),
-    })
+    common.print_settings(
+        "train_throughput",
+        {
+            "workload": "quick smoke test (tiny model, not a result)" if args.quick else f"BENCH-{args.size}",
+            "image_px": f"{side}x{side}",
+            "synthetic_images": n_images,
+            "mean_books_per_image": f"{data.mean_instances:.1f}",
+            "augmentation": args.augmentation,
+            "trainable": "all layers (set_trainable 'all')",
+            "optimizer": "SGD lr 0.001 momentum 0.9 global_clipnorm 5",
+            "timing": "direct loop: next(make_dataset iterator) timed apart from tf.function(model.train_step)",
+            "warmup_steps": args.warmup,
+            "timed_steps": args.steps,
+            **common.config_settings(config),
+            **common.environment_settings(),
+        },
+    )
     print(f"note: generated {n_images} images in {generation:.1f} s", flush=True)
 
     model = common.build_training_model(config, seed=args.seed)
     step = tf.function(model.train_step, jit_compile=False, reduce_retracing=True)
-    dataset = make_dataset(data.records, config, data.class_names, augment=augment, shuffle=True,
-                           seed=args.seed, repeat=True)
+    dataset = make_dataset(
+        data.records, config, data.class_names, augment=augment, shuffle=True, seed=args.seed, repeat=True
+    )
     iterator = iter(dataset)
     rss_before = common.current_rss_mib()
     waits, computes = timed_steps(step, lambda: next(iterator), args.warmup, args.steps)
@@ -110,19 +120,32 @@ def main(argv=None) -> None:
     common.print_figure("train_step_s_median", computes.median, "s", "step alone, median")
     common.print_figure("input_wait_share", waits.total / total, "", "time in next() / total step time")
     common.print_figure("input_wait_s_max", max(waits.times), "s")
-    common.print_figure("train_step_traces", step.experimental_get_tracing_count(), "",
-                        "graph traces over warm-up + timed steps; 1 = never retraced")
+    common.print_figure(
+        "train_step_traces",
+        step.experimental_get_tracing_count(),
+        "",
+        "graph traces over warm-up + timed steps; 1 = never retraced",
+    )
     common.print_figure("rss_before_timing_mib", rss_before, "MiB")
     common.print_figure("peak_rss_mib", common.peak_rss_mib(), "MiB", "getrusage ru_maxrss, whole process")
 
     if args.compare_cached:
-        cached = {name: tf.constant(value) for name, value in
-                  common.synthetic_batch(data.records, config, data.class_names, args.seed).items()}
+        cached = {
+            name: tf.constant(value)
+            for name, value in common.synthetic_batch(
+                data.records, config, data.class_names, args.seed
+            ).items()
+        }
         _, cached_steps = timed_steps(step, lambda: cached, 1, args.steps)
-        common.print_figure("train_images_per_s_cached_batch", images / cached_steps.total, "images/s",
-                            "same steps on one in-memory batch, no pipeline running")
-        common.print_figure("pipeline_slowdown_share", 1.0 - cached_steps.total / total, "",
-                            "1 - cached time / pipeline time")
+        common.print_figure(
+            "train_images_per_s_cached_batch",
+            images / cached_steps.total,
+            "images/s",
+            "same steps on one in-memory batch, no pipeline running",
+        )
+        common.print_figure(
+            "pipeline_slowdown_share", 1.0 - cached_steps.total / total, "", "1 - cached time / pipeline time"
+        )
 
     counted = None
     if not args.no_flops:
@@ -131,8 +154,11 @@ def main(argv=None) -> None:
     reference = None if args.quick else common.reference_gflops("train_per_step_2_images", side)
     common.report_gflops_rate("train_step", seconds_per_step, counted, reference, "step")
     target = 1.25 * common.TORCHVISION_TARGETS["train_images_per_s"]
-    print(f"note: target >= {target:.2f} images/s (1.25x torchvision's 0.28 on the project's 2-core machine; "
-          "compare both on one machine) and input wait < 5%", flush=True)
+    print(
+        f"note: target >= {target:.2f} images/s (1.25x torchvision's 0.28 on the project's 2-core machine; "
+        "compare both on one machine) and input wait < 5%",
+        flush=True,
+    )
     data.cleanup()
 
 

@@ -86,9 +86,17 @@ def _run_anchors(args: argparse.Namespace) -> int:
 
     try:
         run_anchors(
-            args.data, model=args.model, anchors=args.anchors, scales=args.scales, ratios=args.ratios,
-            format=args.format, images_dir=args.images_dir, class_attribute=args.class_attribute,
-            group_regex=args.group_regex, suggest=not args.no_suggest, n_ratios=args.n_ratios,
+            args.data,
+            model=args.model,
+            anchors=args.anchors,
+            scales=args.scales,
+            ratios=args.ratios,
+            format=args.format,
+            images_dir=args.images_dir,
+            class_attribute=args.class_attribute,
+            group_regex=args.group_regex,
+            suggest=not args.no_suggest,
+            n_ratios=args.n_ratios,
         )
     except (ValueError, OSError) as error:  # bad data (DatasetError), bad anchors, missing file
         print(f"bookseg anchors: error: {error}", file=sys.stderr)
@@ -118,19 +126,40 @@ def _add_analysis_commands(commands: argparse._SubParsersAction) -> None:
         "suggested anchor scales and ratios with the coverage they reach.",
     )
     anchors.add_argument("data", help="annotation file or folder (as `bookseg data check`), or 'synthetic'")
-    anchors.add_argument("--model", default="cpu", choices=_config_names("model"),
-                         help="model preset (conf/model/), which sets the input size (default: cpu)")
-    anchors.add_argument("--anchors", default="default", choices=_config_names("anchors"),
-                         help="anchors preset (conf/anchors/) (default: default)")
-    anchors.add_argument("--scales", type=float, nargs="+", metavar="PX",
-                         help="anchor sides per pyramid level P2..P6, replacing the preset's")
-    anchors.add_argument("--ratios", type=float, nargs="+", metavar="W/H",
-                         help="anchor width / height ratios, replacing the preset's")
+    anchors.add_argument(
+        "--model",
+        default="cpu",
+        choices=_config_names("model"),
+        help="model preset (conf/model/), which sets the input size (default: cpu)",
+    )
+    anchors.add_argument(
+        "--anchors",
+        default="default",
+        choices=_config_names("anchors"),
+        help="anchors preset (conf/anchors/) (default: default)",
+    )
+    anchors.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        metavar="PX",
+        help="anchor sides per pyramid level P2..P6, replacing the preset's",
+    )
+    anchors.add_argument(
+        "--ratios",
+        type=float,
+        nargs="+",
+        metavar="W/H",
+        help="anchor width / height ratios, replacing the preset's",
+    )
     anchors.add_argument("--format", default="auto", help="annotation format (auto, via, coco, ...)")
     anchors.add_argument("--images-dir", metavar="DIR", help="folder image file names are relative to")
     anchors.add_argument("--class-attribute", metavar="NAME", help="region attribute holding the class")
-    anchors.add_argument("--group-regex", metavar="REGEX",
-                         help="file-name regex whose first group names the source photo (counts fold groups)")
+    anchors.add_argument(
+        "--group-regex",
+        metavar="REGEX",
+        help="file-name regex whose first group names the source photo (counts fold groups)",
+    )
     anchors.add_argument("--n-ratios", type=int, metavar="K", help="ratios in the suggestion (default 3..5)")
     anchors.add_argument("--no-suggest", action="store_true", help="skip the suggested config search")
     anchors.set_defaults(handler=_run_anchors)
@@ -145,10 +174,16 @@ def _add_analysis_commands(commands: argparse._SubParsersAction) -> None:
     which = report.add_mutually_exclusive_group()
     which.add_argument("--experiment", metavar="NAME", help="MLflow experiment (default: bookseg/default)")
     which.add_argument("--runs", nargs="+", metavar="RUN_ID", help="parent run ids to compare")
-    report.add_argument("--tracking-uri", metavar="URI",
-                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    report.add_argument("--out", metavar="DIR",
-                        help="output folder (default: experiments/<experiment name without 'bookseg/'>)")
+    report.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+    report.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output folder (default: experiments/<experiment name without 'bookseg/'>)",
+    )
     report.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
     report.set_defaults(handler=_run_report)
 

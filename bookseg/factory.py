@@ -67,8 +67,14 @@ def lr_schedule(cfg: DictConfig):
     from bookseg.mrcnn.lr_schedule import LrSchedule
 
     s = cfg.stages
-    return LrSchedule(warmup_steps=s.warmup_steps, warmup_factor=s.warmup_factor, decay=s.decay,
-                      step_at=tuple(s.step_at), step_gamma=s.step_gamma, min_lr_ratio=s.min_lr_ratio)
+    return LrSchedule(
+        warmup_steps=s.warmup_steps,
+        warmup_factor=s.warmup_factor,
+        decay=s.decay,
+        step_at=tuple(s.step_at),
+        step_gamma=s.step_gamma,
+        min_lr_ratio=s.min_lr_ratio,
+    )
 
 
 def optimizer_spec(cfg: DictConfig):

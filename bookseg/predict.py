@@ -84,8 +84,10 @@ class PredictSummary:
             lines.append(f"  {len(self.skipped)} image(s) could not be read and were skipped:")
             lines += [f"    {path}: {reason}" for path, reason in self.skipped]
         if self.n_books == 0 and self.images:
-            lines.append("The model found no book in these images: nothing to correct. Check the model's "
-                         "metrics, or lower --min-confidence.")
+            lines.append(
+                "The model found no book in these images: nothing to correct. Check the model's "
+                "metrics, or lower --min-confidence."
+            )
         elif self.images_root is not None:
             lines.append(
                 f"Correct the outlines: open {self.out_dir / VIA_PROJECT} in VIA 2 (Project > Load), fix them, "
@@ -240,13 +242,17 @@ def load_trained(args: argparse.Namespace):
         if args.config:
             raise ValueError("--config goes with --weights; a run brings its own config")
         return load_from_run(
-            args.run, fold=args.fold, tracking_uri=args.tracking_uri, class_names=class_names,
+            args.run,
+            fold=args.fold,
+            tracking_uri=args.tracking_uri,
+            class_names=class_names,
             precision=args.precision,
         )
     if args.fold is not None:
         raise ValueError("--fold goes with --run")
-    return load_from_weights(args.weights, config_path=args.config, class_names=class_names,
-                             precision=args.precision)
+    return load_from_weights(
+        args.weights, config_path=args.config, class_names=class_names, precision=args.precision
+    )
 
 
 def run_with_trained_model(args: argparse.Namespace, command: str, work) -> int:
@@ -324,7 +330,8 @@ def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
         "--class-names", metavar="A,B", help="comma-separated class names (default: from the run / config)"
     )
     parser.add_argument(
-        "--precision", choices=PRECISIONS,
+        "--precision",
+        choices=PRECISIONS,
         help="compute precision (default: the run's model.precision); mixed_bfloat16 is about 1.7x faster "
         "on CPUs with AVX512_BF16 or AMX, see docs/performance.md",
     )

@@ -70,16 +70,25 @@ def run(cfg: DictConfig, opened: dict) -> float:
     print(dataset.report.summary() if dataset.report else "", flush=True)
     test = load_test_data(cfg, dataset)
     if test:
-        print(f"test set: {len(test.records)} images, {test.num_instances} books from {test.source}", flush=True)
+        print(
+            f"test set: {len(test.records)} images, {test.num_instances} books from {test.source}", flush=True
+        )
     data_print = fingerprint(dataset) + (f"+test:{fingerprint(test)}" if test else "")
     overrides = _overrides()
     job_dir, _lock = job_directory(cfg, run_key(cfg, data_print, overrides))
     state = RunState(job_dir)
     experiment = [o.split("=", 1)[1] for o in overrides if o.startswith("+experiment=")]
     run_name = " ".join(experiment or ["main"]) + "".join(
-        f" {o}" for o in overrides if not o.startswith("+experiment="))
-    with open_parent_run(cfg, state, run_name=run_name, overrides=overrides,
-                         data_fingerprint=data_print, key=job_dir.parent.name) as parent:
+        f" {o}" for o in overrides if not o.startswith("+experiment=")
+    )
+    with open_parent_run(
+        cfg,
+        state,
+        run_name=run_name,
+        overrides=overrides,
+        data_fingerprint=data_print,
+        key=job_dir.parent.name,
+    ) as parent:
         opened["run_id"] = parent.info.run_id
         log_config(cfg, job_dir)
         mlflow.log_dict({"class_names": dataset.class_names}, "class_names.json")  # for `bookseg predict`
@@ -90,8 +99,9 @@ def run(cfg: DictConfig, opened: dict) -> float:
         mlflow.log_text(table, "results.txt")
         registered = None  # tracking.register_model: the job's model as a servable, registered pyfunc
         if cfg.tracking.register_model:
-            registered = register_job_model(cfg.tracking.register_model, parent.info.run_id, summary,
-                                            tracking_uri(cfg))
+            registered = register_job_model(
+                cfg.tracking.register_model, parent.info.run_id, summary, tracking_uri(cfg)
+            )
         (job_dir / "DONE").write_text(parent.info.run_id)
     print(f"\n{table}\n")
     if registered:
@@ -101,8 +111,13 @@ def run(cfg: DictConfig, opened: dict) -> float:
     print(f"MLflow: parent run {parent.info.run_id} in experiment '{cfg.tracking.experiment}'")
     objective = summary.get(cfg.optimized_metric, float("nan"))
     if _in_sweep():  # the sweep's end prints one table of all points and the hint once
-        record_sweep_point(_overrides(), parent.info.run_id, cfg.optimized_metric, objective,
-                           summary.get(cfg.optimized_metric.replace("_mean", "_std"), float("nan")))
+        record_sweep_point(
+            _overrides(),
+            parent.info.run_id,
+            cfg.optimized_metric,
+            objective,
+            summary.get(cfg.optimized_metric.replace("_mean", "_std"), float("nan")),
+        )
     else:
         print(f"Compare runs:  mlflow ui --backend-store-uri {tracking_uri(cfg)}")
     return objective
@@ -124,8 +139,14 @@ def main(cfg: DictConfig) -> float:
         # (bad config, unreadable data) still gets a FAILED run, so no point vanishes from MLflow. The
         # sweeper gets a NaN objective and goes on with the other points.
         run_id = opened.get("run_id") or record_failed_job(cfg, _overrides(), exc)
-        record_sweep_point(_overrides(), run_id, cfg.optimized_metric, float("nan"), float("nan"),
-                           error=f"{type(exc).__name__}: {exc}")
+        record_sweep_point(
+            _overrides(),
+            run_id,
+            cfg.optimized_metric,
+            float("nan"),
+            float("nan"),
+            error=f"{type(exc).__name__}: {exc}",
+        )
         traceback.print_exc()
         return float("nan")
 

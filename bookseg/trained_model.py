@@ -142,7 +142,10 @@ def class_names_from_config(cfg: DictConfig) -> list[str]:
 
 
 def build_model(
-    cfg: DictConfig, class_names: list[str], weights: str | os.PathLike, source: str,
+    cfg: DictConfig,
+    class_names: list[str],
+    weights: str | os.PathLike,
+    source: str,
     precision: str | None = None,
 ) -> TrainedModel:
     """A `MaskRCNN` for `cfg` with `len(class_names) + 1` classes and the weights of `weights`.
@@ -301,7 +304,9 @@ def run_anchors(run_id: str, tracking_uri: str | None = None) -> RunAnchors:
     parent_id = run.data.tags.get("mlflow.parentRunId") or run_id
     with tempfile.TemporaryDirectory(prefix="bookseg-run-") as tmp:
         cfg = _with_fitted_anchors(load_config(_download(uri, parent_id, CONFIG_ARTIFACT, Path(tmp))), child)
-    return RunAnchors(_describe(child), [float(s) for s in cfg.anchors.scales], [float(r) for r in cfg.anchors.ratios])
+    return RunAnchors(
+        _describe(child), [float(s) for s in cfg.anchors.scales], [float(r) for r in cfg.anchors.ratios]
+    )
 
 
 def _open_run(run_id: str, tracking_uri: str | None):
@@ -347,10 +352,14 @@ def _describe(child) -> str:
         return value if value is None else round(value, 4)
 
     if _fold_of(child) == FINAL:
-        return (f"final model, trained on all {child.data.params.get('n_train', '?')} training images "
-                f"(child run {child.info.run_id}, test/{BEST_FOLD_METRIC}={rounded('test/' + BEST_FOLD_METRIC)})")
-    return (f"fold {_fold_of(child)} (child run {child.info.run_id}, "
-            f"{BEST_FOLD_METRIC}={rounded(BEST_FOLD_METRIC)})")
+        return (
+            f"final model, trained on all {child.data.params.get('n_train', '?')} training images "
+            f"(child run {child.info.run_id}, test/{BEST_FOLD_METRIC}={rounded('test/' + BEST_FOLD_METRIC)})"
+        )
+    return (
+        f"fold {_fold_of(child)} (child run {child.info.run_id}, "
+        f"{BEST_FOLD_METRIC}={rounded(BEST_FOLD_METRIC)})"
+    )
 
 
 def _fold_of(child) -> int | str:
@@ -381,13 +390,17 @@ def _choose_fold(client, parent, fold: int | str | None):
         raise ModelSourceError(f"run {parent.info.run_id} has no fold runs: is it a bookseg experiment job?")
     if fold is not None:
         if fold not in folds:
-            raise ModelSourceError(f"run {parent.info.run_id} has no fold {fold} (folds: {sorted(folds, key=str)})")
+            raise ModelSourceError(
+                f"run {parent.info.run_id} has no fold {fold} (folds: {sorted(folds, key=str)})"
+            )
         return folds[fold]
     if FINAL in folds and folds[FINAL].info.status == "FINISHED":
         return folds[FINAL]
     folds.pop(FINAL, None)
     if not folds:
-        raise ModelSourceError(f"run {parent.info.run_id} has no fold runs and its final model did not finish")
+        raise ModelSourceError(
+            f"run {parent.info.run_id} has no fold runs and its final model did not finish"
+        )
     finished = {k: c for k, c in folds.items() if c.info.status == "FINISHED"} or folds
 
     def rank(item):

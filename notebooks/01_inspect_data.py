@@ -239,12 +239,15 @@ plt.show()
 # %%
 preset = OmegaConf.load(CONF_DIR / "model" / f"{MODEL_PRESET}.yaml")
 mask_config = MrcnnConfig(
-    image_min_dim=preset.image_min_dim, image_max_dim=preset.image_max_dim,
+    image_min_dim=preset.image_min_dim,
+    image_max_dim=preset.image_max_dim,
     mini_mask_shape=(preset.mini_mask_size, preset.mini_mask_size),
 )
 trip = mask_round_trip(dataset.records[:60], mask_config)
-print(f"model={MODEL_PRESET} ({preset.image_max_dim} px, mini mask {preset.mini_mask_size}, "
-      f"mask {mask_config.mask_shape[0]}): {trip.summary()}")
+print(
+    f"model={MODEL_PRESET} ({preset.image_max_dim} px, mini mask {preset.mini_mask_size}, "
+    f"mask {mask_config.mask_shape[0]}): {trip.summary()}"
+)
 shown = mask_round_trip([record], mask_config)
 pasted = paste_masks(shown.targets, shown.photo_boxes, (record.height, record.width))
 fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
@@ -254,7 +257,9 @@ axes[1].imshow(draw_instances(image, pasted, numbered=False))
 axes[1].set_title(f"28 x 28 targets pasted back: median IoU {np.median(shown.iou):.3f}", fontsize=9)
 axes[2].scatter(trip.aspect, trip.iou, c=trip.fill, s=8, cmap="viridis")
 axes[2].set_xscale("log")
-axes[2].set(xlabel="box width / height at model size", ylabel="round-trip IoU", title="colour: share of box filled")
+axes[2].set(
+    xlabel="box width / height at model size", ylabel="round-trip IoU", title="colour: share of box filled"
+)
 for ax in axes[:2]:
     ax.axis("off")
 fig.tight_layout()

@@ -18,7 +18,12 @@ import pytest
 # also shows that failed points are recorded in MLflow and do not stop the others. The joblib launcher
 # (+sweep=parallel) runs two points at a time in separate processes.
 SWEEP_ARGS = (
-    "-m", "+experiment=smoke", "anchors=default,small", "cv.k=2,1", "study=shared", "+sweep=parallel",
+    "-m",
+    "+experiment=smoke",
+    "anchors=default,small",
+    "cv.k=2,1",
+    "study=shared",
+    "+sweep=parallel",
 )
 SWEEP_EXPERIMENT = "bookseg/shared"
 
@@ -57,16 +62,26 @@ def cli_env(root: Path) -> dict:
 @pytest.fixture(scope="session")
 def smoke_sweep(tmp_path_factory) -> SmokeSweep:
     root = tmp_path_factory.mktemp("smoke_sweep")
-    proc = subprocess.run([sys.executable, "-m", "bookseg.run", *SWEEP_ARGS], cwd=root, env=cli_env(root),
-                          capture_output=True, text=True, timeout=900, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bookseg.run", *SWEEP_ARGS],
+        cwd=root,
+        env=cli_env(root),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     sweep = SmokeSweep(root=root, uri=f"sqlite:///{root / 'mlflow.db'}", stdout=proc.stdout)
     client = sweep.client()
     experiment = client.get_experiment_by_name(SWEEP_EXPERIMENT)
     assert experiment is not None, f"no runs recorded\nSTDOUT:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    sweep.parents = sorted((r for r in parents if r.info.status == "FINISHED"),
-                           key=lambda r: r.data.params["anchors.scales"], reverse=True)
+    sweep.parents = sorted(
+        (r for r in parents if r.info.status == "FINISHED"),
+        key=lambda r: r.data.params["anchors.scales"],
+        reverse=True,
+    )
     sweep.failed = [r for r in parents if r.info.status == "FAILED"]
     for run in runs:
         if "mlflow.parentRunId" in run.data.tags:

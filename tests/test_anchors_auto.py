@@ -41,7 +41,9 @@ def _spine_boxes(rng, n: int, size: int, wide: bool = False) -> list[tuple[float
 def _record(name: str, size: int, boxes) -> ImageRecord:
     """A record whose instances are the axis-aligned rectangles `boxes` (y1, x1, y2, x2), as polygons."""
     instances = [
-        Instance("book", polygon=np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float64), region=str(k))
+        Instance(
+            "book", polygon=np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float64), region=str(k)
+        )
         for k, (y1, x1, y2, x2) in enumerate(boxes)
     ]
     return ImageRecord(name, Path(f"/nonexistent/{name}.png"), size, size, instances)
@@ -104,7 +106,8 @@ def test_a_resumed_fold_gets_the_anchors_it_started_with(tmp_path, monkeypatch):
     client = mlflow.MlflowClient()
     assert len(client.get_metric_history(run.info.run_id, "anchors/iou70_fitted")) == 1
     assert json.loads(client.get_run(run.info.run_id).data.params["anchors/fitted_ratios"]) == list(
-        first.rpn_anchor_ratios)
+        first.rpn_anchor_ratios
+    )
 
 
 def _two_shelf_kinds(root: Path) -> Path:
@@ -112,8 +115,10 @@ def _two_shelf_kinds(root: Path) -> Path:
     rng = np.random.default_rng(0)
     entries = []
     for kind, i in itertools.product(("tall", "wide"), range(4)):
-        regions = [polygon([x1, x2, x2, x1], [y1, y1, y2, y2])
-                   for y1, x1, y2, x2 in np.round(_spine_boxes(rng, 5, 128, wide=kind == "wide"), 1)]
+        regions = [
+            polygon([x1, x2, x2, x1], [y1, y1, y2, y2])
+            for y1, x1, y2, x2 in np.round(_spine_boxes(rng, 5, 128, wide=kind == "wide"), 1)
+        ]
         entries.append(via2_entry(f"{kind}{i}.png", regions, shelf=kind))
     return write_via2_dataset(root / "data", entries, size=(128, 128))
 
@@ -122,10 +127,18 @@ def test_a_fold_run_logs_anchors_fitted_to_its_training_images_only(tmp_path):
     project = _two_shelf_kinds(tmp_path)
     cli = CliRunner(tmp_path)
     # Two groups and k=2: fold 0 trains on one kind of shelf and validates on the other.
-    proc = cli.run("+experiment=smoke", "anchors=auto", "data=via", f"data.path={project}",
-                   "data.group_attribute=shelf", "cv.folds=[0]", "stages.steps_per_epoch=1",
-                   "stages.schedule=[{layers: all, epochs: 1, learning_rate: 0.01}]",
-                   "tracking.tensorboard=false", "tracking.overlays=0")
+    proc = cli.run(
+        "+experiment=smoke",
+        "anchors=auto",
+        "data=via",
+        f"data.path={project}",
+        "data.group_attribute=shelf",
+        "cv.folds=[0]",
+        "stages.steps_per_epoch=1",
+        "stages.schedule=[{layers: all, epochs: 1, learning_rate: 0.01}]",
+        "tracking.tensorboard=false",
+        "tracking.overlays=0",
+    )
     _, (child,) = cli.runs()
     params, metrics = child.data.params, child.data.metrics
     scales = json.loads(params["anchors/fitted_scales"])

@@ -25,7 +25,11 @@ def run_quick(script: str, *extra: str) -> tuple[str, dict[str, float]]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--quick", *extra],
-        capture_output=True, text=True, timeout=240, env=env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        check=False,
     )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     figures = {name: float(value) for name, value in FIGURE.findall(proc.stdout)}
@@ -45,9 +49,17 @@ def test_train_throughput_quick_prints_throughput_wait_memory_and_flops():
     assert figures["train_step_traces"] == 1
     assert "setting timed_steps: 2" in stdout
     assert "setting config.images_per_batch: 2" in stdout
-    check_positive(figures, ["train_images_per_s", "train_step_s_mean", "peak_rss_mib",
-                             "train_images_per_s_cached_batch", "train_step_counted_gflops",
-                             "train_step_gflops_per_s_counted"])
+    check_positive(
+        figures,
+        [
+            "train_images_per_s",
+            "train_step_s_mean",
+            "peak_rss_mib",
+            "train_images_per_s_cached_batch",
+            "train_step_counted_gflops",
+            "train_step_gflops_per_s_counted",
+        ],
+    )
     assert 0.0 <= figures["input_wait_share"] < 1.0
     # images/s and the mean step time describe the same timed steps (batch of 2).
     assert figures["train_images_per_s"] == pytest.approx(2 / figures["train_step_s_mean"], rel=0.01)
@@ -62,8 +74,16 @@ def test_inference_latency_quick_prints_latency_and_flops():
     assert "setting config.precision: float32" in stdout
     assert figures["graph_traces"] == 1
     assert "setting config.detection_min_confidence: 0.0" in stdout
-    check_positive(figures, ["detect_ms_per_image_mean", "graph_ms_per_image_mean", "peak_rss_mib",
-                             "detect_counted_gflops", "detections_per_image_mean"])
+    check_positive(
+        figures,
+        [
+            "detect_ms_per_image_mean",
+            "graph_ms_per_image_mean",
+            "peak_rss_mib",
+            "detect_counted_gflops",
+            "detections_per_image_mean",
+        ],
+    )
     # The graph alone is part of what detect does (allow timer noise on a busy machine).
     assert figures["graph_ms_per_image_median"] <= 1.5 * figures["detect_ms_per_image_median"]
     assert figures["detections_per_image_mean"] <= 40  # the quick model's detection_max_instances
@@ -74,11 +94,20 @@ def test_input_pipeline_quick_prints_stage_costs_and_rates():
     stdout, figures = run_quick("input_pipeline.py")
     assert "setting augmentation: heavy" in stdout
     stages = ["image_load", "mask_rasterise", "augmentation", "resize_pad", "boxes_mini_masks", "rpn_targets"]
-    check_positive(figures, [f"stage_{name}_ms" for name in stages] + [
-        "stage_whole_example_ms", "dataset_examples_per_s_augmented", "dataset_examples_per_s_plain",
-        "headroom_vs_needed", "peak_rss_mib"])
+    check_positive(
+        figures,
+        [f"stage_{name}_ms" for name in stages]
+        + [
+            "stage_whole_example_ms",
+            "dataset_examples_per_s_augmented",
+            "dataset_examples_per_s_plain",
+            "headroom_vs_needed",
+            "peak_rss_mib",
+        ],
+    )
     assert figures["stage_sum_ms"] == pytest.approx(
-        sum(figures[f"stage_{name}_ms"] for name in stages), rel=0.01)
+        sum(figures[f"stage_{name}_ms"] for name in stages), rel=0.01
+    )
 
 
 def test_common_workload_matches_the_issue():
@@ -89,8 +118,12 @@ def test_common_workload_matches_the_issue():
     config = common.workload_config(512)
     assert config.image_shape == (512, 512, 3)
     assert (config.backbone, config.num_classes, config.images_per_batch) == ("resnet50", 2, 2)
-    assert (config.rpn_train_anchors_per_image, config.post_nms_rois_training,
-            config.post_nms_rois_inference, config.train_rois_per_image) == (256, 2000, 1000, 200)
+    assert (
+        config.rpn_train_anchors_per_image,
+        config.post_nms_rois_training,
+        config.post_nms_rois_inference,
+        config.train_rois_per_image,
+    ) == (256, 2000, 1000, 200)
     assert (config.detection_max_instances, config.detection_min_confidence) == (100, 0.0)
     assert common.workload_config(1024).image_shape == (1024, 1024, 3)
     assert common.reference_gflops("inference_per_image", 512) == 229.0

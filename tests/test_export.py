@@ -31,8 +31,18 @@ MAX_INSTANCES = 15
 
 def _export(root, out, *options) -> int:
     """`bookseg export` of the weights and config.yaml saved in `root` into `out`; the exit code."""
-    return main(["export", "--weights", str(root / "model.weights.h5"), "--config", str(root / "config.yaml"),
-                 "--out", str(out), *options])
+    return main(
+        [
+            "export",
+            "--weights",
+            str(root / "model.weights.h5"),
+            "--config",
+            str(root / "config.yaml"),
+            "--out",
+            str(out),
+            *options,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +163,14 @@ def test_export_rejects_non_square_resize_mode(setup):
 
 def test_export_in_mixed_bfloat16_matches_detect_in_bfloat16(setup, tmp_path):
     model, root, photo = setup
-    options = ("--min-confidence", "0", "--max-instances", str(MAX_INSTANCES), "--precision", "mixed_bfloat16")
+    options = (
+        "--min-confidence",
+        "0",
+        "--max-instances",
+        str(MAX_INSTANCES),
+        "--precision",
+        "mixed_bfloat16",
+    )
     assert _export(root, tmp_path / "saved_bf16", *options) == 0
     detector = tf.saved_model.load(str(tmp_path / "saved_bf16")).signatures["serving_default"]
     out = {k: v.numpy() for k, v in detector(image=tf.constant(photo)).items()}

@@ -23,8 +23,10 @@ def _spine(cx, cy, width, height, degrees):
 
 def _shelf(tilts):
     """A 576 x 1024 phone frame of 24-px-wide, 300-px-tall spines at the given tilts."""
-    instances = [Instance("book", polygon=_spine(60 + 80 * i, 288, 24, 300, tilt), region=f"region {i}")
-                 for i, tilt in enumerate(tilts)]
+    instances = [
+        Instance("book", polygon=_spine(60 + 80 * i, 288, 24, 300, tilt), region=f"region {i}")
+        for i, tilt in enumerate(tilts)
+    ]
     return ImageRecord("shelf.jpg", Path("/nonexistent/shelf.jpg"), 1024, 576, instances)
 
 
@@ -53,7 +55,9 @@ def test_roi_targets_of_the_whole_box_reproduce_a_same_size_mini_mask():
     mini = np.zeros((28, 28, 2), bool)
     mini[:, 10:18, 0] = True
     np.fill_diagonal(mini[:, :, 1], True)
-    np.testing.assert_array_equal(roi_mask_targets(mini, (28, 28)), np.moveaxis(mini, -1, 0).astype(np.float32))
+    np.testing.assert_array_equal(
+        roi_mask_targets(mini, (28, 28)), np.moveaxis(mini, -1, 0).astype(np.float32)
+    )
 
 
 def test_targets_sample_the_mini_mask_at_cell_centres():
@@ -61,7 +65,9 @@ def test_targets_sample_the_mini_mask_at_cell_centres():
     (a corner-aligned crop, matterport's, drifts by up to half a mini pixel and does not)."""
     pattern = np.random.default_rng(0).random((28, 28, 3)) > 0.5
     mini = np.kron(pattern, np.ones((2, 2, 1))).astype(bool)
-    np.testing.assert_array_equal(roi_mask_targets(mini, (28, 28)), np.moveaxis(pattern, -1, 0).astype(np.float32))
+    np.testing.assert_array_equal(
+        roi_mask_targets(mini, (28, 28)), np.moveaxis(pattern, -1, 0).astype(np.float32)
+    )
 
 
 def test_a_larger_mini_mask_keeps_tilted_spines_as_well():

@@ -19,8 +19,13 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _run(script: str, *args: str) -> str:
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
-                          timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc.stdout
 
@@ -47,7 +52,11 @@ def test_fold_as_ultralytics_set_and_ground_truth_scores_one(tmp_path):
             rle["counts"] = rle["counts"].decode()
             y, x = np.nonzero(masks[:, :, k])
             box = [float(x.min()), float(y.min()), float(x.max() - x.min() + 1), float(y.max() - y.min() + 1)]
-            results.append({"image_id": image_id, "category_id": 1, "score": 1.0, "segmentation": rle, "bbox": box})
+            results.append(
+                {"image_id": image_id, "category_id": 1, "score": 1.0, "segmentation": rle, "bbox": box}
+            )
     (tmp_path / "gt_as_results.json").write_text(json.dumps(results))
-    printed = _run("score_coco_results.py", "--dataset", str(out), "--split", "val", str(tmp_path / "gt_as_results.json"))
+    printed = _run(
+        "score_coco_results.py", "--dataset", str(out), "--split", "val", str(tmp_path / "gt_as_results.json")
+    )
     assert float(re.search(r"mask AP50[^0-9]*([0-9.]+)", printed).group(1)) > 0.99, printed

@@ -343,9 +343,14 @@ def test_real_model_outputs_agree_with_detect(shelves, untrained_model, tmp_path
 def smoke_run(smoke_sweep):
     """A real `python -m bookseg.run +experiment=smoke` job: the session's smoke sweep (tests/conftest.py)."""
     parent = smoke_sweep.parents[0]
-    return SimpleNamespace(root=smoke_sweep.root, uri=smoke_sweep.uri, parent=parent,
-                           children=smoke_sweep.children[parent.info.run_id], images=smoke_sweep.images,
-                           client=smoke_sweep.client())
+    return SimpleNamespace(
+        root=smoke_sweep.root,
+        uri=smoke_sweep.uri,
+        parent=parent,
+        children=smoke_sweep.children[parent.info.run_id],
+        images=smoke_sweep.images,
+        client=smoke_sweep.client(),
+    )
 
 
 def _first_kernel(model) -> np.ndarray:
@@ -467,8 +472,21 @@ def test_precision_override_runs_a_float32_run_in_bfloat16(smoke_run, tmp_path, 
     same = load_from_run(parent, fold=0, tracking_uri=smoke_run.uri)
     np.testing.assert_array_equal(_first_kernel(trained.model), _first_kernel(same.model))
 
-    code = main(["predict", str(smoke_run.images[0]), "--run", parent, "--out", str(tmp_path / "bf16"),
-                 "--tracking-uri", smoke_run.uri, "--precision", "mixed_bfloat16", "--no-progress"])
+    code = main(
+        [
+            "predict",
+            str(smoke_run.images[0]),
+            "--run",
+            parent,
+            "--out",
+            str(tmp_path / "bf16"),
+            "--tracking-uri",
+            smoke_run.uri,
+            "--precision",
+            "mixed_bfloat16",
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "bf16" / "counts.csv").is_file()
 
@@ -485,7 +503,11 @@ def test_configs_logged_before_model_norm_still_load(tmp_path):
         old["model"]["train_bn"] = train_bn
         OmegaConf.save(old, tmp_path / "config.yaml")
         loaded = load_config(tmp_path / "config.yaml")
-        assert (loaded.model.norm, loaded.model.mask_pool_size, "train_bn" in loaded.model) == (norm, 14, False)
+        assert (loaded.model.norm, loaded.model.mask_pool_size, "train_bn" in loaded.model) == (
+            norm,
+            14,
+            False,
+        )
     old["model"]["train_bn"] = True
     OmegaConf.save(old, tmp_path / "config.yaml")
     with pytest.raises(ModelSourceError, match="train_bn=true"):

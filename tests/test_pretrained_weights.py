@@ -213,7 +213,9 @@ def test_unpinned_coco_records_its_sha256_and_checks_it_later(server, cache, mon
 
 
 def test_imagenet_with_the_tiny_backbone_is_an_error(server, cache):
-    with pytest.raises(WeightsSourceError, match="model.backbone=tiny has no ImageNet weights.*model=resnet50"):
+    with pytest.raises(
+        WeightsSourceError, match="model.backbone=tiny has no ImageNet weights.*model=resnet50"
+    ):
         resolve_weights("imagenet", backbone="tiny")
     assert server.requests == {}
 
@@ -221,7 +223,10 @@ def test_imagenet_with_the_tiny_backbone_is_an_error(server, cache):
 def test_url_base_replaces_everything_before_the_file_name(monkeypatch):
     entry = PINNED["coco"]
     monkeypatch.delenv(URL_BASE_ENV, raising=False)
-    assert download_url(entry) == "https://github.com/matterport/Mask_RCNN/releases/download/v2.0/mask_rcnn_coco.h5"
+    assert (
+        download_url(entry)
+        == "https://github.com/matterport/Mask_RCNN/releases/download/v2.0/mask_rcnn_coco.h5"
+    )
     monkeypatch.setenv(URL_BASE_ENV, "http://mirror.local/models/")
     assert download_url(entry) == "http://mirror.local/models/mask_rcnn_coco.h5"
 
@@ -238,7 +243,9 @@ def test_the_pinned_table():
 
 def test_validation_resolves_names_and_keeps_the_path_check(server, cache, monkeypatch):
     _serve(server, monkeypatch, RESNET50, b"resnet50 weights")
-    validate(compose_config("resnet50", "default", ["model.weights=imagenet"]))  # downloads: no "no such file"
+    validate(
+        compose_config("resnet50", "default", ["model.weights=imagenet"])
+    )  # downloads: no "no such file"
     assert (cache / RESNET50_FILE).is_file()
 
     with pytest.raises(ConfigError, match="model.backbone=tiny has no ImageNet weights"):
@@ -256,11 +263,14 @@ def test_validation_resolves_names_and_keeps_the_path_check(server, cache, monke
 
 def _job_config(tmp: Path, *, auto: bool) -> Path:
     """A logged `config.yaml` with the sections `load_config` needs (anchors: 3 ratios, or auto)."""
-    cfg = OmegaConf.create({
-        "model": {"name": "cpu", "norm": "batch_norm", "mask_pool_size": 14},
-        "anchors": {"scales": [32, 64, 128, 256, 512], "ratios": [0.5, 1.0, 2.0], "auto": auto},
-        "optimizer": {}, "data": {},
-    })
+    cfg = OmegaConf.create(
+        {
+            "model": {"name": "cpu", "norm": "batch_norm", "mask_pool_size": 14},
+            "anchors": {"scales": [32, 64, 128, 256, 512], "ratios": [0.5, 1.0, 2.0], "auto": auto},
+            "optimizer": {},
+            "data": {},
+        }
+    )
     path = tmp / "config.yaml"
     OmegaConf.save(cfg, path)
     return path
@@ -275,7 +285,9 @@ def _log_job(client, experiment_id, tmp: Path, members: dict, *, auto: bool = Fa
     client.log_artifact(parent, str(_job_config(job_dir, auto=auto)))
     children = {}
     for fold, (status, ap50, params) in members.items():
-        child = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent, "fold": str(fold)}).info.run_id
+        child = client.create_run(
+            experiment_id, tags={"mlflow.parentRunId": parent, "fold": str(fold)}
+        ).info.run_id
         for key, value in params.items():
             client.log_param(child, key, value)
         if ap50 is not None:
@@ -347,7 +359,9 @@ def test_anchor_count_of_an_auto_run_is_checked_with_its_fitted_anchors(store, c
     assert run_anchor_mismatch(store["A"][0], store["uri"], 3) is None  # configured anchors, 3 ratios
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
-    with pytest.raises(ConfigError, match=r"model.weights='run:\w+': run \w+ is fold 0 .*ratios=\[0.25,0.6\]"):
+    with pytest.raises(
+        ConfigError, match=r"model.weights='run:\w+': run \w+ is fold 0 .*ratios=\[0.25,0.6\]"
+    ):
         validate(compose_config("cpu", "default", [f"model.weights=run:{parent}"]))
     validate(compose_config("cpu", "default", [f"model.weights=run:{parent}", "anchors.ratios=[0.3,3]"]))
 
@@ -373,9 +387,15 @@ def test_a_fold_loading_run_weights_of_other_anchors_is_told_the_runs_anchors(st
     MaskRCNN(tiny_config(rpn_anchor_ratios=(0.25, 0.6))).save_weights(str(real))
     client.log_artifact(children[0], str(real), "weights")  # replaces the placeholder bytes
 
-    cfg = OmegaConf.create({"model": {"weights": f"run:{parent}", "weights_exclude": [], "backbone": "tiny"},
-                            "tracking": {"tracking_uri": store["uri"]}})
+    cfg = OmegaConf.create(
+        {
+            "model": {"weights": f"run:{parent}", "weights_exclude": [], "backbone": "tiny"},
+            "tracking": {"tracking_uri": store["uri"]},
+        }
+    )
     report = _load_initial_weights(cfg, MaskRCNN(tiny_config(rpn_anchor_ratios=(0.25, 0.6))), 0)
     assert report.loaded and not report.missing
-    with pytest.raises(WeightLoadError, match=r"anchors.ratios=\[0.25,0.6\] \(2 anchor ratios\), this config has 3"):
+    with pytest.raises(
+        WeightLoadError, match=r"anchors.ratios=\[0.25,0.6\] \(2 anchor ratios\), this config has 3"
+    ):
         _load_initial_weights(cfg, MaskRCNN(tiny_config()), 0)

@@ -45,12 +45,18 @@ class RoundTrip:
     def summary(self) -> str:
         tilted = self.fill < 0.6
         thin = self.aspect < 0.25
-        parts = [(f"{len(self.iou)} books: round-trip IoU median {np.median(self.iou):.3f}, "
-                  f"10th percentile {np.quantile(self.iou, 0.1):.3f}, share >= 0.5 {np.mean(self.iou >= 0.5):.3f}, "
-                  f">= 0.75 {np.mean(self.iou >= 0.75):.3f}")]
+        parts = [
+            (
+                f"{len(self.iou)} books: round-trip IoU median {np.median(self.iou):.3f}, "
+                f"10th percentile {np.quantile(self.iou, 0.1):.3f}, share >= 0.5 {np.mean(self.iou >= 0.5):.3f}, "
+                f">= 0.75 {np.mean(self.iou >= 0.75):.3f}"
+            )
+        ]
         for label, subset in (("tilted (fill < 0.6)", tilted), ("thin (w/h < 0.25)", thin)):
             if subset.any():
-                parts.append(f"{label}: {int(subset.sum())} books, median IoU {np.median(self.iou[subset]):.3f}")
+                parts.append(
+                    f"{label}: {int(subset.sum())} books, median IoU {np.median(self.iou[subset]):.3f}"
+                )
         return "; ".join(parts)
 
 

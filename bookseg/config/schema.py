@@ -38,11 +38,15 @@ class DataConfig:
     kind: str = "synthetic"  # synthetic | via | coco | labelme
     path: Optional[str] = None  # annotation file (or folder); unused for synthetic
     images_dir: Optional[str] = None  # default: next to the annotation file
-    class_attribute: Optional[str] = None  # region attribute holding the class; None: every region is default_class
+    class_attribute: Optional[str] = (
+        None  # region attribute holding the class; None: every region is default_class
+    )
     default_class: str = "book"
     group_regex: Optional[str] = None  # file-name regex whose first group names the fold group
     group_attribute: Optional[str] = None  # or a VIA file attribute naming the group
-    cache_dir: str = "${oc.env:BOOKSEG_CACHE,${hydra:runtime.cwd}/.cache/bookseg}"  # synthetic data lives here
+    cache_dir: str = (
+        "${oc.env:BOOKSEG_CACHE,${hydra:runtime.cwd}/.cache/bookseg}"  # synthetic data lives here
+    )
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     test: TestDataConfig = field(default_factory=TestDataConfig)
 
@@ -59,7 +63,9 @@ class ModelConfig:
     fpn_classif_fc_layers_size: int = 1024
     rpn_conv_channels: int = 512
     mask_head_channels: int = 256
-    norm: str = "frozen_bn"  # frozen_bn (pretrained weights, as matterport) | batch_norm | group_norm (from scratch)
+    norm: str = (
+        "frozen_bn"  # frozen_bn (pretrained weights, as matterport) | batch_norm | group_norm (from scratch)
+    )
     precision: str = "float32"  # float32 | mixed_bfloat16 (bf16 compute, float32 weights and outputs)
     images_per_batch: int = 2
     rpn_train_anchors_per_image: int = 256
@@ -76,7 +82,9 @@ class ModelConfig:
     detection_max_instances: int = 100
     detection_min_confidence: float = 0.7
     detection_nms_threshold: float = 0.3
-    weights: Optional[str] = None  # start from: path (h5) | coco | imagenet | run:<run id> (bookseg.mrcnn.pretrained); None: scratch
+    weights: Optional[str] = (
+        None  # start from: path (h5) | coco | imagenet | run:<run id> (bookseg.mrcnn.pretrained); None: scratch
+    )
     weights_exclude: list[str] = field(default_factory=list)  # layer names not to load
 
 
@@ -137,7 +145,9 @@ class StagesConfig:
     warmup_steps: int = 0  # linear warm-up over the first training steps; 0: none
     warmup_factor: float = 0.001  # warm-up starts at this fraction of the stage's rate
     decay: str = "constant"  # constant (matterport) | step | cosine, over each stage
-    step_at: list[float] = field(default_factory=lambda: [0.67, 0.89])  # step decay points, fractions of a stage
+    step_at: list[float] = field(
+        default_factory=lambda: [0.67, 0.89]
+    )  # step decay points, fractions of a stage
     step_gamma: float = 0.1  # step decay factor
     min_lr_ratio: float = 0.0  # cosine ends at this fraction of the stage's rate
 

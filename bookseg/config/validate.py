@@ -36,8 +36,10 @@ def validate(cfg: DictConfig) -> None:
             f"model.image_max_dim={m.image_max_dim} is not divisible by 64 (the FPN halves the image 6 times)"
         )
     if m.image_resize_mode == "pad64" and m.images_per_batch > 1:
-        problems.append("model.image_resize_mode=pad64 gives images of different sizes: train with square "
-                        "(pad64 is for inference) or set model.images_per_batch=1")
+        problems.append(
+            "model.image_resize_mode=pad64 gives images of different sizes: train with square "
+            "(pad64 is for inference) or set model.images_per_batch=1"
+        )
     if m.backbone == "tiny" and len(m.tiny_channels) != 4:
         problems.append(f"model.tiny_channels needs 4 widths (C2..C5), got {list(m.tiny_channels)}")
     if m.images_per_batch < 1:
@@ -49,7 +51,9 @@ def validate(cfg: DictConfig) -> None:
     if not 0 < m.roi_positive_ratio <= 1:
         problems.append(f"model.roi_positive_ratio={m.roi_positive_ratio} must be in (0, 1]")
     if m.weights and not is_named(m.weights) and not Path(m.weights).expanduser().is_file():
-        problems.append(f"model.weights={m.weights!r}: no such file (give an h5 file, or coco | imagenet | run:<run id>)")
+        problems.append(
+            f"model.weights={m.weights!r}: no such file (give an h5 file, or coco | imagenet | run:<run id>)"
+        )
     a = cfg.anchors
     if len(a.scales) != PYRAMID_LEVELS:
         problems.append(
@@ -61,7 +65,9 @@ def validate(cfg: DictConfig) -> None:
     if a.stride < 1:
         problems.append("anchors.stride must be >= 1")
     if a.auto_ratios is not None and a.auto_ratios < 1:
-        problems.append(f"anchors.auto_ratios={a.auto_ratios} must be >= 1 (or null: as many as anchors.ratios)")
+        problems.append(
+            f"anchors.auto_ratios={a.auto_ratios} must be >= 1 (or null: as many as anchors.ratios)"
+        )
 
     o = cfg.optimizer
     if o.name not in ("sgd", "adamw"):
@@ -136,7 +142,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.optimized_metric not in metrics:
         problems.append(f"optimized_metric={cfg.optimized_metric!r}: use one of {sorted(metrics)}")
 
-    if not problems:  # last: a named file may download (hundreds of MB) and is not worth it for a broken config
+    if (
+        not problems
+    ):  # last: a named file may download (hundreds of MB) and is not worth it for a broken config
         problems += weights_problems(cfg)
 
     if problems:

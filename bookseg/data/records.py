@@ -83,7 +83,9 @@ class ImageRecord:
         for index, inst in enumerate(self.instances):
             if inst.class_name not in class_ids_by_name:
                 where = self.where(inst.region or f"instance {index}")
-                raise ValueError(f'{where}: class "{inst.class_name}" is not one of {list(class_ids_by_name)}')
+                raise ValueError(
+                    f'{where}: class "{inst.class_name}" is not one of {list(class_ids_by_name)}'
+                )
             ids.append(class_ids_by_name[inst.class_name])
         return np.asarray(ids, np.int32)
 
@@ -165,14 +167,18 @@ def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
     cols = masks.any(axis=0)  # [W, N]
     rows = masks.any(axis=1)  # [H, N]
     height, width = rows.shape[0], cols.shape[0]
-    boxes = np.stack(
-        [
-            rows.argmax(axis=0),
-            cols.argmax(axis=0),
-            height - rows[::-1].argmax(axis=0),
-            width - cols[::-1].argmax(axis=0),
-        ],
-        axis=1,
-    ).astype(np.int32).reshape(-1, 4)
+    boxes = (
+        np.stack(
+            [
+                rows.argmax(axis=0),
+                cols.argmax(axis=0),
+                height - rows[::-1].argmax(axis=0),
+                width - cols[::-1].argmax(axis=0),
+            ],
+            axis=1,
+        )
+        .astype(np.int32)
+        .reshape(-1, 4)
+    )
     boxes[~cols.any(axis=0)] = 0
     return boxes

@@ -146,8 +146,18 @@ class ShelfStyle:
 STYLES: dict[str, ShelfStyle] = {"default": ShelfStyle(), "photo": ShelfStyle.photo()}
 # Fields of the first generator version; fields added later enter the style hash only when set.
 _FIRST_FIELDS = (
-    "books_per_image", "empty_rate", "rows", "gap_px", "touching_rate", "tilt_rate", "max_tilt_deg",
-    "stack_rate", "object_rate", "front_book_rate", "min_visible", "noise_sigma",
+    "books_per_image",
+    "empty_rate",
+    "rows",
+    "gap_px",
+    "touching_rate",
+    "tilt_rate",
+    "max_tilt_deg",
+    "stack_rate",
+    "object_rate",
+    "front_book_rate",
+    "min_visible",
+    "noise_sigma",
 )
 
 
@@ -378,11 +388,11 @@ def _side_panels(canvas: np.ndarray, rng: np.random.Generator, wood: np.ndarray,
             right = float(face[0])
         if room[1] > room[0]:
             wall = np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.25), rng.uniform(0.5, 0.95)))
-            canvas[:, room[0]:room[1]] = wall * 255.0 * rng.uniform(0.7, 1.0)
+            canvas[:, room[0] : room[1]] = wall * 255.0 * rng.uniform(0.7, 1.0)
             draw.paint_clutter(canvas, rng, (room[0], 0, room[1], height), int(rng.integers(1, 4)))
         colour = wood * rng.uniform(0.95, 1.1)
-        canvas[:, panel[0]:panel[1]] = colour
-        canvas[:, face[0]:face[1]] = colour * rng.uniform(0.5, 0.75)
+        canvas[:, panel[0] : panel[1]] = colour
+        canvas[:, face[0] : face[1]] = colour * rng.uniform(0.5, 0.75)
         if grain:
             x0, x1 = min(panel[0], face[0]), max(panel[1], face[1])
             if x1 > x0:

@@ -288,7 +288,10 @@ def finish_image(canvas: np.ndarray, rng: np.random.Generator, noise_sigma: floa
 
 
 _FONTS = (
-    cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX
+    cv2.FONT_HERSHEY_SIMPLEX,
+    cv2.FONT_HERSHEY_DUPLEX,
+    cv2.FONT_HERSHEY_COMPLEX,
+    cv2.FONT_HERSHEY_TRIPLEX,
 )
 _LETTERS = "ABCDEFGHIKLMNOPRSTUWY"
 
@@ -519,7 +522,10 @@ def warp_scene(canvas: np.ndarray, owner: np.ndarray, matrix: np.ndarray) -> tup
     )
     # Owner ids are small integers, exact in float32; cv2 does not warp int32 images.
     labels = cv2.warpPerspective(
-        owner.astype(np.float32), matrix, (width, height), flags=cv2.INTER_NEAREST | flags,
+        owner.astype(np.float32),
+        matrix,
+        (width, height),
+        flags=cv2.INTER_NEAREST | flags,
         borderMode=cv2.BORDER_REPLICATE,
     )
     return warped, np.rint(labels).astype(np.int32)

@@ -160,7 +160,9 @@ def mask_to_polygon(
     """
     polygon, parts = _outline(mask, simplify_tolerance, min_iou)
     if simplify_tolerance > 0 and polygon is not None and self_intersections([polygon])[0]:
-        opened = cv2.morphologyEx(np.ascontiguousarray(mask, np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        opened = cv2.morphologyEx(
+            np.ascontiguousarray(mask, np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)
+        )
         retry, _ = _outline(opened.astype(bool), simplify_tolerance, min_iou)
         if retry is not None and not self_intersections([retry])[0]:
             polygon = retry

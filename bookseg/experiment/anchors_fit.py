@@ -121,20 +121,25 @@ def log_fit(fit: AnchorFit) -> None:
     Safe to call again on a resumed run: the params repeat their values and the metrics are only
     logged once.
     """
-    mlflow.log_params({
-        "anchors/fitted_scales": json.dumps(list(fit.scales)),
-        "anchors/fitted_ratios": json.dumps(list(fit.ratios)),
-        "anchors/fit_boxes": fit.boxes,
-    })
-    metrics = {f"anchors/{name}": getattr(fit, name)
-               for name in ("iou50_listed", "iou70_listed", "iou50_fitted", "iou70_fitted")}
+    mlflow.log_params(
+        {
+            "anchors/fitted_scales": json.dumps(list(fit.scales)),
+            "anchors/fitted_ratios": json.dumps(list(fit.ratios)),
+            "anchors/fit_boxes": fit.boxes,
+        }
+    )
+    metrics = {
+        f"anchors/{name}": getattr(fit, name)
+        for name in ("iou50_listed", "iou70_listed", "iou50_fitted", "iou70_fitted")
+    }
     logged = mlflow.get_run(mlflow.active_run().info.run_id).data.metrics
     if not set(metrics) <= set(logged):
         mlflow.log_metrics(metrics)
 
 
-def fold_anchor_config(config: MrcnnConfig, train: list[ImageRecord], n_ratios: int, fold_dir: Path,
-                       name: str) -> MrcnnConfig:
+def fold_anchor_config(
+    config: MrcnnConfig, train: list[ImageRecord], n_ratios: int, fold_dir: Path, name: str
+) -> MrcnnConfig:
     """The fold's model config with anchors fitted to its training records; logged, printed, stored.
 
     The first start of a fold fits and writes `<fold_dir>/anchors.json`; a resumed fold reads it.

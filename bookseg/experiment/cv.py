@@ -22,13 +22,22 @@ def prepare_folds(cfg: DictConfig, dataset, job_dir: Path) -> list[list[str]]:
         return load_folds(path)["folds"]
     folds = make_folds(dataset.records, cfg.cv.k, seed=cfg.cv.seed, stratify=cfg.cv.stratify)
     group_by = cfg.data.group_regex or cfg.data.group_attribute or "image"
-    save_folds(folds, path, {"k": cfg.cv.k, "seed": cfg.cv.seed, "group_by": group_by,
-                             "groups": {r.image_id: r.group for r in dataset.records}})
+    save_folds(
+        folds,
+        path,
+        {
+            "k": cfg.cv.k,
+            "seed": cfg.cv.seed,
+            "group_by": group_by,
+            "groups": {r.image_id: r.group for r in dataset.records},
+        },
+    )
     return folds
 
 
-def cross_validate(cfg: DictConfig, dataset, job_dir: Path, state: RunState,
-                   test=None) -> dict[int | str, dict[str, float]]:
+def cross_validate(
+    cfg: DictConfig, dataset, job_dir: Path, state: RunState, test=None
+) -> dict[int | str, dict[str, float]]:
     """Run every selected fold not finished yet, then the final model with `cv.final`.
 
     Returns {fold: metrics} for all selected folds, plus {FINAL: its test metrics} with `cv.final`.
@@ -51,10 +60,24 @@ def cross_validate(cfg: DictConfig, dataset, job_dir: Path, state: RunState,
         train, val = split(dataset.records, folds, index)
         print(f"fold {index}: {len(train)} training / {len(val)} validation images", flush=True)
         with open_fold_run(state, index):
-            mlflow.log_params({"fold": index, "n_train": len(train), "n_val": len(val),
-                               **({"n_test": len(test.records)} if test else {})})
-            metrics = run_fold(cfg, index, train, val, dataset.class_names, job_dir / f"fold{index}", progress,
-                               test=test.records if test else None)
+            mlflow.log_params(
+                {
+                    "fold": index,
+                    "n_train": len(train),
+                    "n_val": len(val),
+                    **({"n_test": len(test.records)} if test else {}),
+                }
+            )
+            metrics = run_fold(
+                cfg,
+                index,
+                train,
+                val,
+                dataset.class_names,
+                job_dir / f"fold{index}",
+                progress,
+                test=test.records if test else None,
+            )
         fold_state["metrics"] = metrics
         state.save()
         print(f"fold {index}: " + "  ".join(f"{k}={v:.3f}" for k, v in metrics.items()), flush=True)
@@ -76,14 +99,30 @@ def train_final(cfg: DictConfig, dataset, job_dir: Path, state: RunState, test, 
         return final_state["metrics"]
     print(f"final model: {len(dataset.records)} training images", flush=True)
     with open_fold_run(state, FINAL):
-        mlflow.log_params({"fold": FINAL, "n_train": len(dataset.records), "n_val": 0,
-                           **({"n_test": len(test.records)} if test else {})})
-        metrics = run_fold(cfg, FINAL, dataset.records, [], dataset.class_names, job_dir / FINAL, progress,
-                           test=test.records if test else None)
+        mlflow.log_params(
+            {
+                "fold": FINAL,
+                "n_train": len(dataset.records),
+                "n_val": 0,
+                **({"n_test": len(test.records)} if test else {}),
+            }
+        )
+        metrics = run_fold(
+            cfg,
+            FINAL,
+            dataset.records,
+            [],
+            dataset.class_names,
+            job_dir / FINAL,
+            progress,
+            test=test.records if test else None,
+        )
     final_state["metrics"] = metrics
     state.save()
-    print("final model: " + ("  ".join(f"{k}={v:.3f}" for k, v in metrics.items()) or "trained (no test set)"),
-          flush=True)
+    print(
+        "final model: " + ("  ".join(f"{k}={v:.3f}" for k, v in metrics.items()) or "trained (no test set)"),
+        flush=True,
+    )
     return metrics
 
 
@@ -117,21 +156,34 @@ def results_table(results: dict[int | str, dict[str, float]], summary: dict[str,
     folds = sorted(i for i in results if i != FINAL)
     if not folds:
         final = results.get(FINAL, {})
-        return "final model, held-out test set:\n" + "\n".join(f"  {n}: {final[f'test/{n}']:.3f}" for n in names
-                                                                if f"test/{n}" in final)
+        return "final model, held-out test set:\n" + "\n".join(
+            f"  {n}: {final[f'test/{n}']:.3f}" for n in names if f"test/{n}" in final
+        )
     tables = [("cv", "")] + ([("test", "test/")] if "test/mask_ap50_mean" in summary else [])
     lines = []
     for prefix, key in tables:
         if lines:
-            lines += ["", "held-out test set, scored by each fold's model" +
-                      (" and the final model:" if FINAL in results else ":")]
+            lines += [
+                "",
+                "held-out test set, scored by each fold's model"
+                + (" and the final model:" if FINAL in results else ":"),
+            ]
         lines.append("fold".ljust(8) + "".join(n.rjust(width) for n in names))
         for index in folds:
-            lines.append(f"{index:<8}" + "".join(f"{results[index][key + n]:.3f}".rjust(width) for n in names))
-        lines.append("mean±std".ljust(8) + "".join(
-            f"{summary[f'{prefix}/{n}_mean']:.3f}±{summary[f'{prefix}/{n}_std']:.3f}".rjust(width) for n in names))
+            lines.append(
+                f"{index:<8}" + "".join(f"{results[index][key + n]:.3f}".rjust(width) for n in names)
+            )
+        lines.append(
+            "mean±std".ljust(8)
+            + "".join(
+                f"{summary[f'{prefix}/{n}_mean']:.3f}±{summary[f'{prefix}/{n}_std']:.3f}".rjust(width)
+                for n in names
+            )
+        )
         if prefix == "test" and FINAL in results:
-            lines.append(FINAL.ljust(8) + "".join(f"{results[FINAL][key + n]:.3f}".rjust(width) for n in names))
+            lines.append(
+                FINAL.ljust(8) + "".join(f"{results[FINAL][key + n]:.3f}".rjust(width) for n in names)
+            )
     return "\n".join(lines)
 
 

@@ -47,9 +47,16 @@ def stage_of_epoch(cfg: DictConfig):
     return label
 
 
-def run_fold(cfg: DictConfig, index: int | str, train: list[ImageRecord], val: list[ImageRecord],
-             class_names: list[str], fold_dir: Path, progress: JobProgress,
-             test: list[ImageRecord] | None = None) -> dict[str, float]:
+def run_fold(
+    cfg: DictConfig,
+    index: int | str,
+    train: list[ImageRecord],
+    val: list[ImageRecord],
+    class_names: list[str],
+    fold_dir: Path,
+    progress: JobProgress,
+    test: list[ImageRecord] | None = None,
+) -> dict[str, float]:
     """Train fold `index` (resuming from its last checkpoint), evaluate it, log everything to MLflow.
 
     `index` is FINAL for the final model (`cv.final`): `train` is every training image and `val` is
@@ -89,32 +96,49 @@ def run_fold(cfg: DictConfig, index: int | str, train: list[ImageRecord], val: l
 
     # Copy-paste sources: this fold's training records only, the list the training dataset is built from.
     copy_paste = build_copy_paste(cfg.augmentation.copy_paste, train, class_names)
-    augment = build_augmentation(OmegaConf.to_container(cfg.augmentation.transforms, resolve=True),
-                                 seed=seed, copy_paste=copy_paste)
-    train_data = make_dataset(train, config, class_names, augment=augment, shuffle=True,
-                              seed=seed, repeat=True)
+    augment = build_augmentation(
+        OmegaConf.to_container(cfg.augmentation.transforms, resolve=True), seed=seed, copy_paste=copy_paste
+    )
+    train_data = make_dataset(
+        train, config, class_names, augment=augment, shuffle=True, seed=seed, repeat=True
+    )
     # The same validation images every epoch (a finite pass), so val/* curves compare like with like:
     # the first validation_steps batches of the fold (all of it when there are fewer).
     batch = config.images_per_batch
     n_val = min(len(val) // batch, cfg.stages.validation_steps) * batch
-    val_data = make_dataset(val[:n_val], config, class_names, shuffle=False, seed=0, repeat=False) \
-        if n_val else None
+    val_data = (
+        make_dataset(val[:n_val], config, class_names, shuffle=False, seed=0, repeat=False) if n_val else None
+    )
 
     callbacks = [
         # Checkpoint before logging: a kill between the two can lose an epoch's points, never duplicate them.
         EpochCheckpoint(ckpt_dir),
         MlflowEpochLogger(),
-        progress.callback(_label(index) + ("" if index == FINAL else f" ({index + 1} of {cfg.cv.k})"),
-                          total_epochs(cfg), stage_of_epoch(cfg)),
+        progress.callback(
+            _label(index) + ("" if index == FINAL else f" ({index + 1} of {cfg.cv.k})"),
+            total_epochs(cfg),
+            stage_of_epoch(cfg),
+        ),
     ]
     if cfg.tracking.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(fold_dir / "tensorboard"), write_graph=False,
-                                                     profile_batch=0))
+        callbacks.append(
+            keras.callbacks.TensorBoard(
+                log_dir=str(fold_dir / "tensorboard"), write_graph=False, profile_batch=0
+            )
+        )
     if initial_epoch < total_epochs(cfg):
         train_stages(
-            model, train_data, val_data, factory.stages(cfg), factory.optimizer_spec(cfg),
-            steps_per_epoch=cfg.stages.steps_per_epoch, validation_steps=None,
-            callbacks=callbacks, initial_epoch=initial_epoch, verbose=0, lr_schedule=factory.lr_schedule(cfg),
+            model,
+            train_data,
+            val_data,
+            factory.stages(cfg),
+            factory.optimizer_spec(cfg),
+            steps_per_epoch=cfg.stages.steps_per_epoch,
+            validation_steps=None,
+            callbacks=callbacks,
+            initial_epoch=initial_epoch,
+            verbose=0,
+            lr_schedule=factory.lr_schedule(cfg),
         )
 
     metrics, overlays = evaluate_fold(cfg, model, val, class_names) if val else ({}, [])
@@ -145,7 +169,9 @@ def _load_initial_weights(cfg: DictConfig, model, index: int | str):
         raise
 
 
-def evaluate_fold(cfg: DictConfig, model, val: list[ImageRecord], class_names: list[str], whole: bool = False):
+def evaluate_fold(
+    cfg: DictConfig, model, val: list[ImageRecord], class_names: list[str], whole: bool = False
+):
     """Detect on the validation images and score them; returns (metrics, [(record, image, prediction)]).
 
     Images are scored chunk by chunk (`FoldEvaluator`), so only the overlays' full-size masks stay
@@ -157,9 +183,11 @@ def evaluate_fold(cfg: DictConfig, model, val: list[ImageRecord], class_names: l
     records = val[: cfg.eval.max_images] if cfg.eval.max_images and not whole else val
     evaluator, kept = FoldEvaluator(class_names), []
     for start in range(0, len(records), _DETECT_CHUNK):
-        chunk = records[start:start + _DETECT_CHUNK]
+        chunk = records[start : start + _DETECT_CHUNK]
         images = [load_image_rgb(r.path) for r in chunk]
-        for record, image, result in zip(chunk, images, model.detect(images, min_confidence=cfg.eval.min_confidence)):
+        for record, image, result in zip(
+            chunk, images, model.detect(images, min_confidence=cfg.eval.min_confidence)
+        ):
             evaluator.add(record, result)
             if len(kept) < cfg.tracking.overlays:
                 kept.append((record, image, result))

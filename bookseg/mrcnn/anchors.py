@@ -70,6 +70,9 @@ def anchors_for(config, image_shape) -> np.ndarray:
 def pixel_anchors_for(config, image_shape) -> np.ndarray:
     """Pixel float64 [N, 4] anchors for a molded image of `image_shape` (for RPN targets)."""
     return pyramid_anchors(
-        config.rpn_anchor_scales, config.rpn_anchor_ratios, image_shape[:2],
-        config.backbone_strides, config.rpn_anchor_stride,
+        config.rpn_anchor_scales,
+        config.rpn_anchor_ratios,
+        image_shape[:2],
+        config.backbone_strides,
+        config.rpn_anchor_stride,
     )

@@ -125,4 +125,3 @@ def backbone_graph(input_image, config):
     if config.backbone == "tiny":
         return tiny_graph(input_image, config.tiny_channels, config.norm)
     return resnet_graph(input_image, config.backbone, config.norm)
-

@@ -110,14 +110,18 @@ class MrcnnConfig:
         if self.image_resize_mode == "pad64" and self.image_min_dim % 64:
             raise ValueError(f"image_min_dim={self.image_min_dim} must be divisible by 64 for pad64")
         if self.image_resize_mode not in ("square", "pad64", "none"):
-            raise ValueError(f"unknown image_resize_mode {self.image_resize_mode!r}: use square, pad64 or none")
+            raise ValueError(
+                f"unknown image_resize_mode {self.image_resize_mode!r}: use square, pad64 or none"
+            )
         if self.backbone not in ("resnet50", "resnet101", "tiny"):
             raise ValueError(f"unknown backbone {self.backbone!r}: use resnet50, resnet101 or tiny")
         if self.num_classes < 2:
             raise ValueError("num_classes counts the background too, so it must be >= 2")
         if tuple(self.mask_shape) != (2 * self.mask_pool_size, 2 * self.mask_pool_size):
-            raise ValueError(f"mask_shape={tuple(self.mask_shape)} must be twice mask_pool_size={self.mask_pool_size} "
-                             "(the mask head upsamples once by 2)")
+            raise ValueError(
+                f"mask_shape={tuple(self.mask_shape)} must be twice mask_pool_size={self.mask_pool_size} "
+                "(the mask head upsamples once by 2)"
+            )
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}: use {', '.join(NORMS)}")
         if self.precision not in PRECISIONS:

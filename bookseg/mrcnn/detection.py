@@ -18,8 +18,17 @@ from bookseg.mrcnn.proposals import apply_box_deltas, clip_boxes
 _MASKED_SCORE_THRESHOLD = 1e-12
 
 
-def refine_detections(rois, class_probs, bbox_deltas, windows, *, min_confidence, max_instances: int,
-                      nms_threshold: float, bbox_std_dev):
+def refine_detections(
+    rois,
+    class_probs,
+    bbox_deltas,
+    windows,
+    *,
+    min_confidence,
+    max_instances: int,
+    nms_threshold: float,
+    bbox_std_dev,
+):
     """Final detections of a batch.
 
     Args:
@@ -84,6 +93,12 @@ class DetectionLayer(keras.layers.Layer):
 
     def call(self, rois, class_probs, bbox_deltas, windows, min_confidence, max_instances: int):
         return refine_detections(
-            rois, class_probs, bbox_deltas, windows, min_confidence=min_confidence,
-            max_instances=max_instances, nms_threshold=self.nms_threshold, bbox_std_dev=self.bbox_std_dev,
+            rois,
+            class_probs,
+            bbox_deltas,
+            windows,
+            min_confidence=min_confidence,
+            max_instances=max_instances,
+            nms_threshold=self.nms_threshold,
+            bbox_std_dev=self.bbox_std_dev,
         )

@@ -103,7 +103,9 @@ def mask_targets(masks, crop_boxes, mask_shape):
     cy1, cy2 = centres(y1, y2, mh, th)
     cx1, cx2 = centres(x1, x2, mw, tw)
     boxes = tf.stack([cy1, cx1, cy2, cx2], axis=1)
-    crops = tf.image.crop_and_resize(masks, boxes, tf.range(tf.shape(masks)[0]), (th, tw), extrapolation_value=0.0)
+    crops = tf.image.crop_and_resize(
+        masks, boxes, tf.range(tf.shape(masks)[0]), (th, tw), extrapolation_value=0.0
+    )
     return tf.round(tf.squeeze(crops, axis=3))
 
 
@@ -113,8 +115,9 @@ def max_positive_rois(config) -> int:
     return int(config.train_rois_per_image * config.roi_positive_ratio)
 
 
-def detection_targets_one_image(proposals, gt_class_ids, gt_boxes, gt_masks, config, deterministic=False,
-                                image_hw=None):
+def detection_targets_one_image(
+    proposals, gt_class_ids, gt_boxes, gt_masks, config, deterministic=False, image_hw=None
+):
     """Targets of one image; see the module docstring for the rules.
 
     Args:
@@ -190,10 +193,15 @@ def detection_targets_one_image(proposals, gt_class_ids, gt_boxes, gt_masks, con
     y1, x1, y2, x2 = tf.unstack(positive_rois, axis=1)
     fy1, fx1, fy2, fx2 = frame
     frame_h, frame_w = (fy2 - fy1) * (h - 1) + 1, (fx2 - fx1) * (w - 1) + 1  # pixels
-    crop_boxes = tf.stack([
-        (y1 - fy1) * (h - 1) / frame_h, (x1 - fx1) * (w - 1) / frame_w,
-        ((y2 - fy1) * (h - 1) + 1) / frame_h, ((x2 - fx1) * (w - 1) + 1) / frame_w,
-    ], axis=1)
+    crop_boxes = tf.stack(
+        [
+            (y1 - fy1) * (h - 1) / frame_h,
+            (x1 - fx1) * (w - 1) / frame_w,
+            ((y2 - fy1) * (h - 1) + 1) / frame_h,
+            ((x2 - fx1) * (w - 1) + 1) / frame_w,
+        ],
+        axis=1,
+    )
     masks = mask_targets(roi_masks, crop_boxes, config.mask_shape)
 
     n_rois = n_positive + n_negative
@@ -213,7 +221,9 @@ def detection_targets_one_image(proposals, gt_class_ids, gt_boxes, gt_masks, con
     )
 
 
-def detection_targets(proposals, gt_class_ids, gt_boxes, gt_masks, config, deterministic=False, image_hw=None):
+def detection_targets(
+    proposals, gt_class_ids, gt_boxes, gt_masks, config, deterministic=False, image_hw=None
+):
     """Batched `detection_targets_one_image` (tf.map_fn over the images).
 
     Args:
@@ -234,8 +244,9 @@ def detection_targets(proposals, gt_class_ids, gt_boxes, gt_masks, config, deter
         tf.TensorSpec([total], tf.float32),
     )
     outputs = tf.map_fn(
-        lambda args: detection_targets_one_image(*args, config=config, deterministic=deterministic,
-                                                 image_hw=image_hw),
+        lambda args: detection_targets_one_image(
+            *args, config=config, deterministic=deterministic, image_hw=image_hw
+        ),
         (
             tf.cast(proposals, tf.float32),
             tf.cast(gt_class_ids, tf.int32),
@@ -262,6 +273,11 @@ class DetectionTargetLayer(keras.layers.Layer):
 
     def call(self, proposals, gt_class_ids, gt_boxes, gt_masks, deterministic: bool = False, image_hw=None):
         return detection_targets(
-            proposals, gt_class_ids, gt_boxes, gt_masks, self.mrcnn_config, deterministic=deterministic,
+            proposals,
+            gt_class_ids,
+            gt_boxes,
+            gt_masks,
+            self.mrcnn_config,
+            deterministic=deterministic,
             image_hw=image_hw,
         )

@@ -26,9 +26,15 @@ def fpn_graph(c2, c3, c4, c5, channels: int, norm: str = "frozen_bn"):
         return x if norm == "frozen_bn" else normalize(x, norm, f"{name}_norm")
 
     p5 = conv(c5, 1, "fpn_c5p5")
-    p4 = layers.Add(name="fpn_p4add")([layers.UpSampling2D(2, name="fpn_p5upsampled")(p5), conv(c4, 1, "fpn_c4p4")])
-    p3 = layers.Add(name="fpn_p3add")([layers.UpSampling2D(2, name="fpn_p4upsampled")(p4), conv(c3, 1, "fpn_c3p3")])
-    p2 = layers.Add(name="fpn_p2add")([layers.UpSampling2D(2, name="fpn_p3upsampled")(p3), conv(c2, 1, "fpn_c2p2")])
+    p4 = layers.Add(name="fpn_p4add")(
+        [layers.UpSampling2D(2, name="fpn_p5upsampled")(p5), conv(c4, 1, "fpn_c4p4")]
+    )
+    p3 = layers.Add(name="fpn_p3add")(
+        [layers.UpSampling2D(2, name="fpn_p4upsampled")(p4), conv(c3, 1, "fpn_c3p3")]
+    )
+    p2 = layers.Add(name="fpn_p2add")(
+        [layers.UpSampling2D(2, name="fpn_p3upsampled")(p3), conv(c2, 1, "fpn_c2p2")]
+    )
     p2, p3, p4, p5 = (conv(p, 3, f"fpn_p{level}") for level, p in zip((2, 3, 4, 5), (p2, p3, p4, p5)))
     p6 = layers.MaxPooling2D(pool_size=1, strides=2, name="fpn_p6")(p5)
     return [p2, p3, p4, p5, p6]

@@ -38,7 +38,9 @@ def _resize_channels(array: np.ndarray, height: int, width: int, interpolation: 
     return out
 
 
-def resize_geometry(height: int, width: int, config) -> tuple[float, tuple[int, int, int, int], tuple[int, int]]:
+def resize_geometry(
+    height: int, width: int, config
+) -> tuple[float, tuple[int, int, int, int], tuple[int, int]]:
     """Where an (height, width) photo lands in the network input, without touching pixels.
 
     The arithmetic of `resize_image` (which calls this): scale = max(1, image_min_dim / min(h, w))

@@ -163,7 +163,9 @@ def load_training_example(
         )
     masks = record.masks()
     class_ids = record.class_ids(class_ids_by_name)
-    class_ids[np.array([inst.iscrowd for inst in record.instances], bool)] *= -1  # crowd regions: negative ids
+    class_ids[
+        np.array([inst.iscrowd for inst in record.instances], bool)
+    ] *= -1  # crowd regions: negative ids
 
     empty = ~masks.any(axis=0).any(axis=0)
     for k in np.flatnonzero(empty):

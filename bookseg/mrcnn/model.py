@@ -37,8 +37,13 @@ from bookseg.mrcnn.roi_align import PyramidROIAlign
 from bookseg.mrcnn.rpn import build_rpn_model, run_rpn
 
 TRAINING_INPUTS = (
-    "input_image", "input_image_meta", "input_rpn_match", "input_rpn_bbox",
-    "input_gt_class_ids", "input_gt_boxes", "input_gt_masks",
+    "input_image",
+    "input_image_meta",
+    "input_rpn_match",
+    "input_rpn_bbox",
+    "input_gt_class_ids",
+    "input_gt_boxes",
+    "input_gt_masks",
 )
 LOG_NAMES = ("loss", *LOSS_NAMES, "l2_loss")
 # The image size must survive 5 halvings (P6) and the FPN's x2 upsamplings exactly.
@@ -120,15 +125,21 @@ class MaskRCNN(keras.Model):
         with layer_dtype_policy(config.precision):
             self.backbone_fpn = build_backbone_fpn(config)
             self.rpn_model = build_rpn_model(
-                config.rpn_anchor_stride, len(config.rpn_anchor_ratios), config.top_down_pyramid_size,
+                config.rpn_anchor_stride,
+                len(config.rpn_anchor_ratios),
+                config.top_down_pyramid_size,
                 config.rpn_conv_channels,
             )
             self.classifier_head = build_classifier_head(config)
             self.mask_head = build_mask_head(config)
         self.proposal_layer = ProposalLayer(config)
         self.detection_target_layer = DetectionTargetLayer(config)
-        self.roi_align_classifier = PyramidROIAlign((config.pool_size, config.pool_size), "roi_align_classifier")
-        self.roi_align_mask = PyramidROIAlign((config.mask_pool_size, config.mask_pool_size), "roi_align_mask")
+        self.roi_align_classifier = PyramidROIAlign(
+            (config.pool_size, config.pool_size), "roi_align_classifier"
+        )
+        self.roi_align_mask = PyramidROIAlign(
+            (config.mask_pool_size, config.mask_pool_size), "roi_align_mask"
+        )
         self.detection_layer = DetectionLayer(config)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOG_NAMES}
         self._norm_scale_paths = frozenset(v.path for v in self.norm_scales())
@@ -214,11 +225,15 @@ class MaskRCNN(keras.Model):
         active_class_ids = batch["input_image_meta"][:, 12:]
         return {
             "rpn_class_loss": L.rpn_class_loss(batch["input_rpn_match"], out["rpn_class_logits"]),
-            "rpn_bbox_loss": L.rpn_bbox_loss(batch["input_rpn_bbox"], batch["input_rpn_match"], out["rpn_bbox"]),
+            "rpn_bbox_loss": L.rpn_bbox_loss(
+                batch["input_rpn_bbox"], batch["input_rpn_match"], out["rpn_bbox"]
+            ),
             "mrcnn_class_loss": L.mrcnn_class_loss(
                 out["target_class_ids"], out["mrcnn_class_logits"], active_class_ids, out["roi_valid"]
             ),
-            "mrcnn_bbox_loss": L.mrcnn_bbox_loss(out["target_bbox"], out["target_class_ids"], out["mrcnn_bbox"]),
+            "mrcnn_bbox_loss": L.mrcnn_bbox_loss(
+                out["target_bbox"], out["target_class_ids"], out["mrcnn_bbox"]
+            ),
             "mrcnn_mask_loss": L.mrcnn_mask_loss(
                 out["target_mask"], out["mask_class_ids"], out["mrcnn_mask_logits"]
             ),
@@ -274,7 +289,9 @@ class MaskRCNN(keras.Model):
         if isinstance(data, (tuple, list)):
             data = data[0]
         if not isinstance(data, dict):
-            raise TypeError(f"MaskRCNN expects batches as dicts with keys {TRAINING_INPUTS}, got {type(data)}")
+            raise TypeError(
+                f"MaskRCNN expects batches as dicts with keys {TRAINING_INPUTS}, got {type(data)}"
+            )
         return data
 
     def train_step(self, data):
@@ -305,8 +322,9 @@ class MaskRCNN(keras.Model):
         return self._update_trackers({"loss": self.total_loss(named, l2), "l2_loss": l2, **named})
 
     # ------------------------------------------------------------------ inference
-    def inference_outputs(self, images, image_metas, anchors, min_confidence=None, max_instances=None,
-                          training=False) -> dict:
+    def inference_outputs(
+        self, images, image_metas, anchors, min_confidence=None, max_instances=None, training=False
+    ) -> dict:
         """The inference graph on molded images.
 
         Args:
@@ -328,7 +346,9 @@ class MaskRCNN(keras.Model):
         image_hw = tf.cast(tf.shape(images)[1:3], tf.float32)
         feature_maps = self._features(images, training)
         _, rpn_probs, rpn_bbox = run_rpn(self.rpn_model, feature_maps, training=training)
-        rpn_rois = self.proposal_layer(rpn_probs, rpn_bbox, anchors, proposal_count=config.post_nms_rois_inference)
+        rpn_rois = self.proposal_layer(
+            rpn_probs, rpn_bbox, anchors, proposal_count=config.post_nms_rois_inference
+        )
         class_logits, bbox = self._heads(rpn_rois, image_hw, feature_maps, training)
         class_probs = tf.nn.softmax(class_logits, axis=-1)
         windows = norm_boxes_graph(tf.cast(image_metas[:, 7:11], tf.float32), image_hw)
@@ -422,10 +442,12 @@ class MaskRCNN(keras.Model):
         for shape, indices in by_shape.items():
             anchors = tf.constant(anchors_for(config, shape))
             for start in range(0, len(indices), chunk):
-                part = indices[start:start + chunk]
+                part = indices[start : start + chunk]
                 batch_images = tf.constant(np.stack([molded[i][0] for i in part]))
                 batch_metas = tf.constant(np.stack([molded[i][1] for i in part]))
-                detections, masks = run(batch_images, batch_metas, anchors, tf.constant(min_confidence, tf.float32))
+                detections, masks = run(
+                    batch_images, batch_metas, anchors, tf.constant(min_confidence, tf.float32)
+                )
                 detections, masks = detections.numpy(), masks.numpy()
                 for row, i in enumerate(part):
                     _, _, original_shape, window = molded[i]

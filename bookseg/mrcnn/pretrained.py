@@ -227,8 +227,15 @@ def _download(url: str, part: Path, entry: PinnedFile, path: Path) -> dict[str, 
         with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as response, open(part, "wb") as out:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=entry.file_name,
-                      file=sys.stderr, mininterval=1.0) as bar:
+            with tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=entry.file_name,
+                file=sys.stderr,
+                mininterval=1.0,
+            ) as bar:
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
                     for hasher in hashers.values():
@@ -254,7 +261,9 @@ def _reason(error: Exception) -> str:
 def _check_download(entry: PinnedFile, digests: dict[str, str], url: str, path: Path) -> None:
     if entry.pinned and digests[entry.algorithm] != entry.digest.lower():
         raise _fetch_error(
-            entry, url, path,
+            entry,
+            url,
+            path,
             f"the downloaded file has {entry.algorithm} {digests[entry.algorithm]}, not the pinned digest "
             "(a corrupt download, or the file changed upstream)",
         )
@@ -292,7 +301,8 @@ def _record_sha256(path: Path, digest: str, label: str) -> None:
     print(
         f"{label}: {path.name} has sha256 {digest}. Its publisher gives no digest, so this file is NOT verified "
         f"against a pinned value; the digest is recorded in {record} and later runs check the file against it.",
-        file=sys.stderr, flush=True,
+        file=sys.stderr,
+        flush=True,
     )
 
 
@@ -325,9 +335,11 @@ def _fetch_error(entry: PinnedFile, url: str, path: Path, reason: str) -> Weight
 def _resolve_run(spec: str, tracking_uri: str | None, cache_dir: Path) -> ResolvedWeights:
     from bookseg.trained_model import ModelSourceError, resolve_tracking_uri, run_weights
 
-    run_id = spec[len(RUN_PREFIX):].strip()
+    run_id = spec[len(RUN_PREFIX) :].strip()
     if not run_id:
-        raise WeightsSourceError("give the MLflow run id after 'run:' (a job's parent run, or one fold's run)")
+        raise WeightsSourceError(
+            "give the MLflow run id after 'run:' (a job's parent run, or one fold's run)"
+        )
     uri = resolve_tracking_uri(tracking_uri)
     try:
         path = run_weights(run_id, uri, cache_dir / "runs")

@@ -68,8 +68,16 @@ def norm_boxes_graph(boxes, image_hw):
     return (tf.cast(boxes, tf.float32) - shift) / scale
 
 
-def propose(rpn_probs, rpn_bbox, anchors, *, proposal_count: int, nms_threshold: float, pre_nms_limit: int,
-            rpn_bbox_std_dev):
+def propose(
+    rpn_probs,
+    rpn_bbox,
+    anchors,
+    *,
+    proposal_count: int,
+    nms_threshold: float,
+    pre_nms_limit: int,
+    rpn_bbox_std_dev,
+):
     """Select proposals from the RPN outputs of a batch (matterport `ProposalLayer.call`).
 
     Per image: take the `pre_nms_limit` anchors with the highest foreground score over all
@@ -128,6 +136,11 @@ class ProposalLayer(keras.layers.Layer):
 
     def call(self, rpn_probs, rpn_bbox, anchors, proposal_count: int):
         return propose(
-            rpn_probs, rpn_bbox, anchors, proposal_count=proposal_count, nms_threshold=self.nms_threshold,
-            pre_nms_limit=self.pre_nms_limit, rpn_bbox_std_dev=self.rpn_bbox_std_dev,
+            rpn_probs,
+            rpn_bbox,
+            anchors,
+            proposal_count=proposal_count,
+            nms_threshold=self.nms_threshold,
+            pre_nms_limit=self.pre_nms_limit,
+            rpn_bbox_std_dev=self.rpn_bbox_std_dev,
         )

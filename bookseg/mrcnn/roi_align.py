@@ -66,7 +66,9 @@ def pyramid_roi_align(boxes, image_hw, feature_maps, pool_shape):
     # Every (image, box) pair is at exactly one level, so the scatter is a permutation back.
     out = tf.scatter_nd(positions, pooled, out_shape)
     static_channels = feature_maps[0].shape[-1]
-    return tf.ensure_shape(out, [boxes.shape[0], boxes.shape[1], pool_shape[0], pool_shape[1], static_channels])
+    return tf.ensure_shape(
+        out, [boxes.shape[0], boxes.shape[1], pool_shape[0], pool_shape[1], static_channels]
+    )
 
 
 class PyramidROIAlign(keras.layers.Layer):

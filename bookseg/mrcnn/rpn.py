@@ -7,7 +7,9 @@ import tensorflow as tf
 from keras import layers
 
 
-def build_rpn_model(anchor_stride: int, anchors_per_location: int, depth: int, conv_channels: int) -> keras.Model:
+def build_rpn_model(
+    anchor_stride: int, anchors_per_location: int, depth: int, conv_channels: int
+) -> keras.Model:
     """matterport's `build_rpn_model`: a Functional model named "rpn_model".
 
     Its `.weights` enumerate [rpn_conv_shared kernel, bias, rpn_class_raw kernel, bias,

@@ -91,18 +91,34 @@ class StageLearningRate(keras.optimizers.schedules.LearningRateSchedule):
     when a stage is resumed mid-way), `steps_before_stage` the training steps of earlier stages.
     """
 
-    def __init__(self, schedule: LrSchedule, base_rate: float, stage_steps: int, first_step: int = 0,
-                 steps_before_stage: int = 0):
+    def __init__(
+        self,
+        schedule: LrSchedule,
+        base_rate: float,
+        stage_steps: int,
+        first_step: int = 0,
+        steps_before_stage: int = 0,
+    ):
         self.schedule, self.base_rate = schedule, float(base_rate)
-        self.stage_steps, self.first_step, self.steps_before_stage = stage_steps, first_step, steps_before_stage
+        self.stage_steps, self.first_step, self.steps_before_stage = (
+            stage_steps,
+            first_step,
+            steps_before_stage,
+        )
 
     def __call__(self, step):
-        return self.schedule.rate(self.base_rate, step + self.first_step, self.stage_steps, self.steps_before_stage)
+        return self.schedule.rate(
+            self.base_rate, step + self.first_step, self.stage_steps, self.steps_before_stage
+        )
 
     def get_config(self):
-        return {"schedule": dataclasses.asdict(self.schedule), "base_rate": self.base_rate,
-                "stage_steps": self.stage_steps, "first_step": self.first_step,
-                "steps_before_stage": self.steps_before_stage}
+        return {
+            "schedule": dataclasses.asdict(self.schedule),
+            "base_rate": self.base_rate,
+            "stage_steps": self.stage_steps,
+            "first_step": self.first_step,
+            "steps_before_stage": self.steps_before_stage,
+        }
 
     @classmethod
     def from_config(cls, config):
@@ -169,8 +185,9 @@ def set_trainable(model, layers: str) -> int:
     try:
         pattern = re.compile(regex)
     except re.error as error:
-        raise ValueError(f"layers={layers!r} is neither a stage name {sorted(STAGE_REGEXES)} nor a valid regex: "
-                         f"{error}") from error
+        raise ValueError(
+            f"layers={layers!r} is neither a stage name {sorted(STAGE_REGEXES)} nor a valid regex: {error}"
+        ) from error
     named = named_weight_layers(model)
     matched = 0
     for name, layer in named.items():
@@ -190,7 +207,10 @@ def make_optimizer(spec: OptimizerSpec, learning_rate, no_decay_variables=()):
     if spec.name == "sgd":
         return keras.optimizers.SGD(learning_rate, momentum=spec.momentum, global_clipnorm=spec.clipnorm)
     optimizer = keras.optimizers.AdamW(
-        learning_rate, weight_decay=spec.adamw_weight_decay, beta_1=spec.beta_1, beta_2=spec.beta_2,
+        learning_rate,
+        weight_decay=spec.adamw_weight_decay,
+        beta_1=spec.beta_1,
+        beta_2=spec.beta_2,
         global_clipnorm=spec.clipnorm,
     )
     if no_decay_variables:
@@ -198,9 +218,20 @@ def make_optimizer(spec: OptimizerSpec, learning_rate, no_decay_variables=()):
     return optimizer
 
 
-def train_stages(model, train_data, val_data, stages, optimizer: OptimizerSpec, *, steps_per_epoch: int,
-                 validation_steps: int | None, callbacks=(), initial_epoch: int = 0, verbose=1,
-                 lr_schedule: LrSchedule | None = None) -> list[dict]:
+def train_stages(
+    model,
+    train_data,
+    val_data,
+    stages,
+    optimizer: OptimizerSpec,
+    *,
+    steps_per_epoch: int,
+    validation_steps: int | None,
+    callbacks=(),
+    initial_epoch: int = 0,
+    verbose=1,
+    lr_schedule: LrSchedule | None = None,
+) -> list[dict]:
     """Train `model` through `stages` in order.
 
     Args:
@@ -236,8 +267,13 @@ def train_stages(model, train_data, val_data, stages, optimizer: OptimizerSpec, 
         first_epoch = max(stage_start, initial_epoch)
         if first_epoch < stage_end:
             set_trainable(model, stage.layers)
-            rate = StageLearningRate(lr_schedule, stage.learning_rate, stage.epochs * steps_per_epoch,
-                                     (first_epoch - stage_start) * steps_per_epoch, stage_start * steps_per_epoch)
+            rate = StageLearningRate(
+                lr_schedule,
+                stage.learning_rate,
+                stage.epochs * steps_per_epoch,
+                (first_epoch - stage_start) * steps_per_epoch,
+                stage_start * steps_per_epoch,
+            )
             model.compile(optimizer=make_optimizer(optimizer, rate, model.norm_scales()), jit_compile=False)
             history = model.fit(
                 train_data,
@@ -253,6 +289,8 @@ def train_stages(model, train_data, val_data, stages, optimizer: OptimizerSpec, 
             for row, epoch in enumerate(history.epoch):
                 logs = {name: float(values[row]) for name, values in history.history.items()}
                 learning_rate = float(rate((epoch + 1 - first_epoch) * steps_per_epoch - 1))
-                epoch_logs.append({"epoch": epoch + 1, "stage": index, "learning_rate": learning_rate, **logs})
+                epoch_logs.append(
+                    {"epoch": epoch + 1, "stage": index, "learning_rate": learning_rate, **logs}
+                )
         stage_start = stage_end
     return epoch_logs

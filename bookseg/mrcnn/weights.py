@@ -261,7 +261,9 @@ def is_keras3_weights(path) -> bool:
     """True for a Keras 3 `save_weights` file (its top level holds `vars` / `layers`, no `layer_names`)."""
     try:
         with h5py.File(path, "r") as f:
-            return "layer_names" not in f.attrs and "model_weights" not in f and ("vars" in f or "layers" in f)
+            return (
+                "layer_names" not in f.attrs and "model_weights" not in f and ("vars" in f or "layers" in f)
+            )
     except OSError:  # missing or not HDF5: `read_legacy_h5` reports it
         return False
 
@@ -281,8 +283,10 @@ def _array_count(path: Path) -> int:
 
 def _load_keras3_weights(model, path: Path, exclude) -> LoadReport:
     if exclude:
-        raise WeightLoadError(f"{path}: a Keras 3 .weights.h5 file is restored whole; exclude={sorted(exclude)} "
-                              "needs a legacy h5 (matterport layout)")
+        raise WeightLoadError(
+            f"{path}: a Keras 3 .weights.h5 file is restored whole; exclude={sorted(exclude)} "
+            "needs a legacy h5 (matterport layout)"
+        )
     in_file, in_model = _array_count(path), len(model.weights)
     if in_file != in_model:  # Keras would skip the file's extra arrays silently
         raise WeightLoadError(
@@ -297,7 +301,9 @@ def _load_keras3_weights(model, path: Path, exclude) -> LoadReport:
             f"{first_lines} ... A Keras 3 weights file fits only the architecture it was saved from: same model "
             "preset, model.norm, number of anchor ratios and classes"
         ) from err
-    report = LoadReport(path=str(path), loaded=[name for name, layer in _model_layers(model).items() if layer.weights])
+    report = LoadReport(
+        path=str(path), loaded=[name for name, layer in _model_layers(model).items() if layer.weights]
+    )
     report.notes.append("Keras 3 weights file: every layer restored (same architecture)")
     return report
 

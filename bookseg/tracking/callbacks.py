@@ -92,8 +92,11 @@ class JobProgress:
             def _print(self, where, logs):
                 head = f"{label} | stage {stage_of_epoch(self.epoch)} | epoch {self.epoch + 1}/{n_epochs} {where}"
                 losses = " ".join(f"{k}={v:.3f}" for k, v in sorted((logs or {}).items()) if "loss" in k)
-                print(f"[{head} | {_hms(time.monotonic() - progress.start)} elapsed, about "
-                      f"{_hms(progress.time_left())} left] {losses}", flush=True)
+                print(
+                    f"[{head} | {_hms(time.monotonic() - progress.start)} elapsed, about "
+                    f"{_hms(progress.time_left())} left] {losses}",
+                    flush=True,
+                )
 
         return _Print()
 

@@ -31,8 +31,9 @@ class PrepareTrackingStore(Callback):
             client.create_experiment(config.tracking.experiment)
 
 
-def record_sweep_point(overrides: list[str], run_id: str | None, metric: str, mean: float, std: float,
-                       error: str | None = None) -> None:
+def record_sweep_point(
+    overrides: list[str], run_id: str | None, metric: str, mean: float, std: float, error: str | None = None
+) -> None:
     """Append one sweep point's result for `SweepSummary` (no-op outside a sweep started by it).
 
     Jobs may run in other processes (joblib); each appends one line, which the OS keeps whole.
@@ -40,9 +41,16 @@ def record_sweep_point(overrides: list[str], run_id: str | None, metric: str, me
     path = os.environ.get(SWEEP_POINTS_ENV)
     if not path:
         return
-    line = json.dumps({"overrides": " ".join(overrides), "run_id": run_id, "metric": metric,
-                       "mean": None if math.isnan(mean) else mean, "std": None if math.isnan(std) else std,
-                       "error": error})
+    line = json.dumps(
+        {
+            "overrides": " ".join(overrides),
+            "run_id": run_id,
+            "metric": metric,
+            "mean": None if math.isnan(mean) else mean,
+            "std": None if math.isnan(std) else std,
+            "error": error,
+        }
+    )
     with open(path, "a", encoding="utf-8") as f:
         f.write(line + "\n")
 
@@ -84,6 +92,8 @@ def sweep_table(points: list[dict]) -> str:
             value = f"{p['mean']:.3f} ± {p['std']:.3f}" if p["std"] is not None else f"{p['mean']:.3f}"
             value = value.ljust(15)
         run = (p["run_id"] or "")[:8]
-        lines.append(f"  {value}  {run:8}  {p['overrides'] or '(no overrides)'}"
-                     + (f"  [{p['error'][:100]}]" if p["error"] else ""))
+        lines.append(
+            f"  {value}  {run:8}  {p['overrides'] or '(no overrides)'}"
+            + (f"  [{p['error'][:100]}]" if p["error"] else "")
+        )
     return "\n".join(lines)

@@ -72,7 +72,10 @@ def git_commit() -> tuple[str, bool]:
         dirty = bool(
             subprocess.run(
                 ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=root, capture_output=True, text=True, check=True,
+                cwd=root,
+                capture_output=True,
+                text=True,
+                check=True,
             ).stdout.strip()
         )
         return sha, dirty
@@ -101,8 +104,9 @@ class RunState:
         return self.data["folds"].setdefault(str(index), {})
 
 
-def open_parent_run(cfg: DictConfig, state: RunState, *, run_name: str, overrides: list[str],
-                    data_fingerprint: str, key: str) -> mlflow.ActiveRun:
+def open_parent_run(
+    cfg: DictConfig, state: RunState, *, run_name: str, overrides: list[str], data_fingerprint: str, key: str
+) -> mlflow.ActiveRun:
     """Start the job's parent run, or reopen it when `state` holds an unfinished one."""
     mlflow.set_tracking_uri(tracking_uri(cfg))
     experiment = mlflow.set_experiment(cfg.tracking.experiment)
@@ -113,8 +117,11 @@ def open_parent_run(cfg: DictConfig, state: RunState, *, run_name: str, override
             existing = client.get_run(run_id)
         except mlflow.exceptions.MlflowException:
             existing = None
-        if (existing is not None and existing.info.experiment_id == experiment.experiment_id
-                and existing.info.lifecycle_stage == "active"):
+        if (
+            existing is not None
+            and existing.info.experiment_id == experiment.experiment_id
+            and existing.info.lifecycle_stage == "active"
+        ):
             return mlflow.start_run(run_id=run_id)
         # The recorded run is gone (deleted, or the store moved): start over in a new parent run;
         # finished folds keep their checkpoints, so they only need evaluating again.
@@ -127,16 +134,18 @@ def open_parent_run(cfg: DictConfig, state: RunState, *, run_name: str, override
     # MLflow caps one log_params call at 100 params.
     items = sorted(params.items())
     for start in range(0, len(items), 100):
-        mlflow.log_params(dict(items[start:start + 100]))
-    mlflow.set_tags({
-        "bookseg.run_key": key,
-        "bookseg.overrides": " ".join(overrides) or "(none)",
-        "bookseg.data_fingerprint": data_fingerprint,
-        "bookseg.tags": ",".join(cfg.tags),
-        "mlflow.source.git.commit": sha,
-        "bookseg.git_dirty": str(dirty),
-        "cv_k": str(cfg.cv.k),
-    })
+        mlflow.log_params(dict(items[start : start + 100]))
+    mlflow.set_tags(
+        {
+            "bookseg.run_key": key,
+            "bookseg.overrides": " ".join(overrides) or "(none)",
+            "bookseg.data_fingerprint": data_fingerprint,
+            "bookseg.tags": ",".join(cfg.tags),
+            "mlflow.source.git.commit": sha,
+            "bookseg.git_dirty": str(dirty),
+            "cv_k": str(cfg.cv.k),
+        }
+    )
     return run
 
 
@@ -158,8 +167,12 @@ def record_failed_job(cfg: DictConfig, overrides: list[str], error: BaseExceptio
         mlflow.set_tracking_uri(tracking_uri(cfg))
         mlflow.set_experiment(cfg.tracking.experiment)
         with mlflow.start_run(run_name="failed: " + (" ".join(overrides) or "main")) as run:
-            mlflow.set_tags({"bookseg.overrides": " ".join(overrides) or "(none)",
-                             "bookseg.error": f"{type(error).__name__}: {error}"[:5000]})
+            mlflow.set_tags(
+                {
+                    "bookseg.overrides": " ".join(overrides) or "(none)",
+                    "bookseg.error": f"{type(error).__name__}: {error}"[:5000],
+                }
+            )
             mlflow.log_text(f"{type(error).__name__}: {error}", "error.txt")
             mlflow.end_run(status="FAILED")
         return run.info.run_id

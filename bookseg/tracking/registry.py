@@ -189,20 +189,26 @@ def detection_rows(image_index: int, result: dict, class_names: Sequence[str]) -
     rows = []
     for k, entry in enumerate(predictions_to_coco([image_index], [result])):
         polygon, _ = detection_polygon(result["masks"][:, :, k], result["rois"][k])
-        rows.append({
-            "image_index": int(image_index),
-            "class_name": class_names[entry["category_id"] - 1],
-            "score": entry["score"],
-            "bbox": entry["bbox"],
-            "segmentation": entry["segmentation"],
-            "polygon": None if polygon is None else [float(v) for v in polygon.reshape(-1)],
-        })
+        rows.append(
+            {
+                "image_index": int(image_index),
+                "class_name": class_names[entry["category_id"] - 1],
+                "score": entry["score"],
+                "bbox": entry["bbox"],
+                "segmentation": entry["segmentation"],
+                "polygon": None if polygon is None else [float(v) for v in polygon.reshape(-1)],
+            }
+        )
     return rows
 
 
 def outline_books(
-    model, class_names: Sequence[str], images_b64: Sequence[str], *,
-    min_confidence: float | None = None, max_instances: int | None = None,
+    model,
+    class_names: Sequence[str],
+    images_b64: Sequence[str],
+    *,
+    min_confidence: float | None = None,
+    max_instances: int | None = None,
 ) -> pd.DataFrame:
     """Detect books in base64 image files, `config.images_per_batch` images per `detect` call.
 
@@ -216,8 +222,10 @@ def outline_books(
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bookseg-serve-") as tmp:
         for start in range(0, len(images_b64), batch):
-            images = [decode_image(text, start + i, Path(tmp))
-                      for i, text in enumerate(images_b64[start:start + batch])]
+            images = [
+                decode_image(text, start + i, Path(tmp))
+                for i, text in enumerate(images_b64[start : start + batch])
+            ]
             results = model.detect(images, min_confidence=min_confidence, max_instances=max_instances)
             for i, result in enumerate(results):
                 rows += detection_rows(start + i, result, class_names)
@@ -271,8 +279,11 @@ def register_job_model(name: str, parent_run_id: str, summary: dict[str, float],
     trained = load_from_run(parent_run_id, tracking_uri=tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     active = mlflow.active_run()
-    on_parent = (nullcontext() if active and active.info.run_id == parent_run_id
-                 else mlflow.start_run(run_id=parent_run_id))
+    on_parent = (
+        nullcontext()
+        if active and active.info.run_id == parent_run_id
+        else mlflow.start_run(run_id=parent_run_id)
+    )
     with tempfile.TemporaryDirectory(prefix="bookseg-register-") as tmp, on_parent:
         info = log_book_model(trained, Path(tmp), registered_model_name=name)
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -318,8 +329,11 @@ def write_artifacts(trained, directory: Path) -> dict[str, str]:
     OmegaConf.save(trained.cfg, config)
     class_names = directory / "class_names.json"
     class_names.write_text(json.dumps({"class_names": list(trained.class_names)}))
-    return {ARTIFACT_WEIGHTS: str(weights), ARTIFACT_CONFIG: str(config),
-            ARTIFACT_CLASS_NAMES: str(class_names)}
+    return {
+        ARTIFACT_WEIGHTS: str(weights),
+        ARTIFACT_CONFIG: str(config),
+        ARTIFACT_CLASS_NAMES: str(class_names),
+    }
 
 
 def model_signature(min_confidence: float, max_instances: int):
@@ -330,10 +344,12 @@ def model_signature(min_confidence: float, max_instances: int):
 
     return ModelSignature(
         inputs=Schema([ColSpec(DataType.string, INPUT_COLUMN)]),
-        params=ParamSchema([
-            ParamSpec("min_confidence", DataType.double, float(min_confidence)),
-            ParamSpec("max_instances", DataType.long, int(max_instances)),
-        ]),
+        params=ParamSchema(
+            [
+                ParamSpec("min_confidence", DataType.double, float(min_confidence)),
+                ParamSpec("max_instances", DataType.long, int(max_instances)),
+            ]
+        ),
     )
 
 
@@ -366,8 +382,11 @@ def pinned_requirements() -> list[str]:
 
 def summary_tags(summary: dict[str, float]) -> dict[str, str]:
     """Model version tags from a job summary: cv/ and test/ means, final/test/*, cv/n_folds (4 decimals)."""
-    keep = {key: value for key, value in summary.items()
-            if key.endswith("_mean") or key.startswith("final/") or key == "cv/n_folds"}
+    keep = {
+        key: value
+        for key, value in summary.items()
+        if key.endswith("_mean") or key.startswith("final/") or key == "cv/n_folds"
+    }
     return {key: _number(value) for key, value in sorted(keep.items())}
 
 

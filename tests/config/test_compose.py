@@ -14,9 +14,21 @@ from bookseg.config.validate import ConfigError, config_warnings, validate
 CONF = Path(__file__).resolve().parents[2] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 REQUIRED = {
-    "anchors_small", "anchors_tiny", "anchors_spines", "aug_flips", "aug_flips_rotate", "optimizer_sgd_clip",
-    "optimizer_adamw", "weight_decay_high", "stages_heads_only", "stages_heads_4plus_all", "smoke",
-    "anchors_auto", "aug_copy_paste", "pretrain_synthetic", "real_photos_cpu",
+    "anchors_small",
+    "anchors_tiny",
+    "anchors_spines",
+    "aug_flips",
+    "aug_flips_rotate",
+    "optimizer_sgd_clip",
+    "optimizer_adamw",
+    "weight_decay_high",
+    "stages_heads_only",
+    "stages_heads_4plus_all",
+    "smoke",
+    "anchors_auto",
+    "aug_copy_paste",
+    "pretrain_synthetic",
+    "real_photos_cpu",
 }
 
 register_configs()
@@ -53,7 +65,10 @@ def test_experiments_change_what_they_say():
     spines = _compose(["+experiment=anchors_spines"]).anchors.ratios
     assert min(spines) <= 0.25
     assert [s.layers for s in _compose(["+experiment=stages_heads_4plus_all"]).stages.schedule] == [
-        "heads", "4+", "all"]
+        "heads",
+        "4+",
+        "all",
+    ]
     assert _compose(["+experiment=optimizer_adamw"]).optimizer.name == "adamw"
     assert base.model.precision == "float32"
     bf16 = _compose(["+experiment=precision_bf16"])
@@ -69,24 +84,27 @@ def test_sweep_presets_compose(name):
     validate(cfg)
 
 
-@pytest.mark.parametrize("override, message", [
-    (["model.image_max_dim=300"], "divisible by 64"),
-    (["anchors.scales=[32,64,128]"], "one scale per level"),
-    (["cv.k=1"], "k >= 2"),
-    (["+stages.schedule=[{layers: head, epochs: 1, learning_rate: 0.01}]"], "not a known stage"),
-    (["optimizer.name=adam"], "sgd or adamw"),
-    (["data=via"], "data.path is required"),
-    (["optimized_metric=mask_ap50"], "optimized_metric='mask_ap50': use one of"),
-    (["model.image_resize_mode=pad64"], "pad64 gives images of different sizes"),
-    (["model.weights=/nonexistent/mask_rcnn_coco.h5"], "no such file"),
-    (["augmentation.transforms=[{_target_: albumentations.NoSuchFlip}]"], "augmentation.transforms"),
-    (["model.roi_positive_ratio=0"], "roi_positive_ratio"),
-    (["model.precision=float16"], "model.precision='float16': use float32 or mixed_bfloat16"),
-    (["model.norm=layer_norm"], "model.norm='layer_norm': use frozen_bn, batch_norm, group_norm"),
-    (["stages.decay=linear"], "unknown learning-rate decay 'linear'"),
-    (["stages.warmup_factor=0"], "warmup_factor in"),
-    (["stages.step_at=[1.5]"], "step_at must be fractions"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["model.image_max_dim=300"], "divisible by 64"),
+        (["anchors.scales=[32,64,128]"], "one scale per level"),
+        (["cv.k=1"], "k >= 2"),
+        (["+stages.schedule=[{layers: head, epochs: 1, learning_rate: 0.01}]"], "not a known stage"),
+        (["optimizer.name=adam"], "sgd or adamw"),
+        (["data=via"], "data.path is required"),
+        (["optimized_metric=mask_ap50"], "optimized_metric='mask_ap50': use one of"),
+        (["model.image_resize_mode=pad64"], "pad64 gives images of different sizes"),
+        (["model.weights=/nonexistent/mask_rcnn_coco.h5"], "no such file"),
+        (["augmentation.transforms=[{_target_: albumentations.NoSuchFlip}]"], "augmentation.transforms"),
+        (["model.roi_positive_ratio=0"], "roi_positive_ratio"),
+        (["model.precision=float16"], "model.precision='float16': use float32 or mixed_bfloat16"),
+        (["model.norm=layer_norm"], "model.norm='layer_norm': use frozen_bn, batch_norm, group_norm"),
+        (["stages.decay=linear"], "unknown learning-rate decay 'linear'"),
+        (["stages.warmup_factor=0"], "warmup_factor in"),
+        (["stages.step_at=[1.5]"], "step_at must be fractions"),
+    ],
+)
 def test_bad_values_are_rejected_with_the_key(override, message):
     # `+stages.schedule=` would append; use a plain override for that case.
     override = [o.lstrip("+") for o in override]
@@ -118,7 +136,9 @@ def test_scratch_long_schedule_warms_up_and_decays():
     steps = stage.epochs * cfg.stages.steps_per_epoch
     rates = [float(schedule.rate(stage.learning_rate, step, steps, 0)) for step in (0, 100, steps - 1)]
     assert rates[0] < 0.01 * stage.learning_rate  # warm-up starts low
-    assert rates[1] == pytest.approx(stage.learning_rate, rel=0.03)  # full rate (cosine just begun) after 100 steps
+    assert rates[1] == pytest.approx(
+        stage.learning_rate, rel=0.03
+    )  # full rate (cosine just begun) after 100 steps
     assert rates[2] == pytest.approx(0.01 * stage.learning_rate, rel=0.05)  # cosine down to 1%
 
 

@@ -318,8 +318,16 @@ def test_photo_masks_match_the_drawn_books_through_perspective_and_lighting(monk
     monkeypatch.setattr(draw, "warp_scene", counted_warp)
 
     style = dataclasses.replace(
-        ShelfStyle.photo(), spine_detail=0.0, muted_rate=0.0, clutter_rate=0.0, side_panel_rate=0.0,
-        object_rate=0.0, front_book_rate=0.0, empty_rate=0.0, blur_sigma=(0.0, 0.0), jpeg_quality=(0, 0),
+        ShelfStyle.photo(),
+        spine_detail=0.0,
+        muted_rate=0.0,
+        clutter_rate=0.0,
+        side_panel_rate=0.0,
+        object_rate=0.0,
+        front_book_rate=0.0,
+        empty_rate=0.0,
+        blur_sigma=(0.0, 0.0),
+        jpeg_quality=(0, 0),
         perspective=0.12,
     )
     kernel = np.ones((5, 5), np.uint8)
@@ -377,10 +385,15 @@ def test_config_selects_the_style_and_rejects_unknown_ones(tmp_path):
     from bookseg.config.validate import ConfigError, validate
     from bookseg.experiment.data import load_data
 
-    cfg = _compose([
-        "data.synthetic.style=photo", f"data.cache_dir={tmp_path}", "data.synthetic.n_images=2",
-        "data.synthetic.height=64", "data.synthetic.width=64",
-    ])
+    cfg = _compose(
+        [
+            "data.synthetic.style=photo",
+            f"data.cache_dir={tmp_path}",
+            "data.synthetic.n_images=2",
+            "data.synthetic.height=64",
+            "data.synthetic.width=64",
+        ]
+    )
     validate(cfg)
     dataset = load_data(cfg)
     assert len(dataset.records) == 2

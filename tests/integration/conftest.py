@@ -20,17 +20,26 @@ class CliRunner:
         return [sys.executable, "-m", "bookseg.run", *args]
 
     def run(self, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-        proc = subprocess.run(self.command(*args), check=False, cwd=self.root, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            self.command(*args),
+            check=False,
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\n"
-                                 f"STDERR:\n{proc.stderr[-6000:]}")
+            raise AssertionError(
+                f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}"
+            )
         return proc
 
     def popen(self, *args: str) -> subprocess.Popen:
         log = open(self.root / "popen.log", "w")  # noqa: SIM115 (stays open while the child writes)
-        return subprocess.Popen(self.command(*args), cwd=self.root, env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            self.command(*args), cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
 
     def client(self) -> MlflowClient:
         return MlflowClient(tracking_uri=f"sqlite:///{self.db}")

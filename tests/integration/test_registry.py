@@ -47,8 +47,14 @@ from bookseg.tracking.registry import (
 )
 from bookseg.trained_model import load_from_run
 
-SUMMARY = {"cv/mask_ap50_mean": 0.5, "cv/mask_ap50_std": 0.1, "cv/n_folds": 2.0,
-           "test/mask_ap50_mean": 0.25, "test/mask_ap50_std": 0.05, "final/test/mask_ap50": 0.75}
+SUMMARY = {
+    "cv/mask_ap50_mean": 0.5,
+    "cv/mask_ap50_std": 0.1,
+    "cv/n_folds": 2.0,
+    "test/mask_ap50_mean": 0.25,
+    "test/mask_ap50_std": 0.05,
+    "final/test/mask_ap50": 0.75,
+}
 
 
 # --- response records and request decoding ---------------------------------------------------------------
@@ -57,9 +63,12 @@ SUMMARY = {"cv/mask_ap50_mean": 0.5, "cv/mask_ap50_std": 0.1, "cv/n_folds": 2.0,
 def test_detection_rows_give_coco_boxes_rle_and_polygons():
     masks = np.zeros((20, 30, 2), bool)
     masks[2:10, 5:9, 0] = True  # 4 wide, 8 high at x=5, y=2
-    result = {"rois": np.array([[2, 5, 10, 9], [0, 0, 1, 1]], np.int32),
-              "class_ids": np.array([2, 1], np.int32),
-              "scores": np.array([0.9, 0.4], np.float32), "masks": masks}
+    result = {
+        "rois": np.array([[2, 5, 10, 9], [0, 0, 1, 1]], np.int32),
+        "class_ids": np.array([2, 1], np.int32),
+        "scores": np.array([0.9, 0.4], np.float32),
+        "masks": masks,
+    }
     rows = detection_rows(3, result, ["book", "magazine"])
     assert [list(r) for r in rows] == [list(OUTPUT_COLUMNS)] * 2
     first, empty = rows
@@ -78,7 +87,7 @@ def test_decode_image_reads_png_and_jpeg_and_names_bad_rows(tmp_path):
     image = np.random.default_rng(0).integers(0, 255, (12, 16, 3), np.uint8)
     png = base64.b64encode(cv2.imencode(".png", image)[1].tobytes()).decode()
     np.testing.assert_array_equal(decode_image(png, 0, tmp_path), image[..., ::-1])  # cv2 wrote BGR
-    wrapped = "\n".join(png[i:i + 76] for i in range(0, len(png), 76))  # `base64` without -w0
+    wrapped = "\n".join(png[i : i + 76] for i in range(0, len(png), 76))  # `base64` without -w0
     np.testing.assert_array_equal(decode_image(wrapped, 0, tmp_path), image[..., ::-1])
     jpeg = base64.b64encode(cv2.imencode(".jpg", image)[1].tobytes()).decode()
     assert decode_image(jpeg, 1, tmp_path).shape == (12, 16, 3)
@@ -100,8 +109,12 @@ def test_registration_settings_are_checked_before_training():
 
 
 def test_summary_tags_keep_means_and_final_test_metrics():
-    assert summary_tags(SUMMARY) == {"cv/mask_ap50_mean": "0.5000", "cv/n_folds": "2.0000",
-                                     "final/test/mask_ap50": "0.7500", "test/mask_ap50_mean": "0.2500"}
+    assert summary_tags(SUMMARY) == {
+        "cv/mask_ap50_mean": "0.5000",
+        "cv/n_folds": "2.0000",
+        "final/test/mask_ap50": "0.7500",
+        "test/mask_ap50_mean": "0.2500",
+    }
     assert summary_tags({"cv/mask_ap_mean": float("nan")}) == {"cv/mask_ap_mean": "nan"}
 
 
@@ -127,8 +140,9 @@ def _fake_job(root: Path, uri: str) -> str:
     parent = client.create_run(experiment, run_name="main")
     client.log_artifact(parent.info.run_id, str(root / "config.yaml"))
     client.log_dict(parent.info.run_id, {"class_names": ["book"]}, "class_names.json")
-    child = client.create_run(experiment, run_name="final",
-                              tags={"mlflow.parentRunId": parent.info.run_id, "fold": "final"})
+    child = client.create_run(
+        experiment, run_name="final", tags={"mlflow.parentRunId": parent.info.run_id, "fold": "final"}
+    )
     client.log_artifact(child.info.run_id, str(weights), "weights")
     client.log_metric(child.info.run_id, "test/mask_ap50", 0.75)
     client.set_terminated(child.info.run_id)
@@ -183,13 +197,17 @@ def test_pyfunc_signature_and_input_example(registered):
     (blank,) = example["dataframe_split"]["data"][0]
     assert decode_image(blank, 0, registered["root"]).shape == (64, 64, 3)
     assert sorted(p.name for p in (local / "artifacts").iterdir()) == [
-        "class_names.json", "config.yaml", "mask_rcnn.weights.h5"]
+        "class_names.json",
+        "config.yaml",
+        "mask_rcnn.weights.h5",
+    ]
 
 
 def test_pyfunc_predict_matches_detect(registered):
     model = mlflow.pyfunc.load_model("models:/books/1")
-    books = model.predict(image_frame([registered["image"]]),
-                          params={"min_confidence": 0.0, "max_instances": 12})
+    books = model.predict(
+        image_frame([registered["image"]]), params={"min_confidence": 0.0, "max_instances": 12}
+    )
     reference = load_from_run(registered["parent"], tracking_uri=registered["uri"])
     image = load_image_rgb(registered["image"])
     expected = reference.model.detect([image], min_confidence=0.0, max_instances=12)[0]
@@ -211,8 +229,9 @@ def _assert_same_books(records: list[dict], expected: dict, size: tuple[int, int
     np.testing.assert_allclose([r["score"] for r in records], expected["scores"], atol=1e-4)
     for k, record in enumerate(records):
         assert record["segmentation"]["size"] == list(size)
-        mask = mask_util.decode({"size": record["segmentation"]["size"],
-                                 "counts": record["segmentation"]["counts"].encode()}).astype(bool)
+        mask = mask_util.decode(
+            {"size": record["segmentation"]["size"], "counts": record["segmentation"]["counts"].encode()}
+        ).astype(bool)
         np.testing.assert_array_equal(mask, expected["masks"][..., k])
         polygon, _ = detection_polygon(expected["masks"][..., k], expected["rois"][k])  # as `bookseg predict`
         assert record["polygon"] == (None if polygon is None else polygon.reshape(-1).tolist())
@@ -243,8 +262,12 @@ def _wait_for_ping(url: str, server: subprocess.Popen, log: Path, timeout: float
 
 
 def _post(url: str, body: dict, timeout: float = 300.0) -> dict:
-    request = urllib.request.Request(url + "/invocations", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+    request = urllib.request.Request(
+        url + "/invocations",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
 
@@ -255,8 +278,15 @@ def test_job_registers_its_final_model_and_the_scoring_server_outlines_books(cli
     test = synthetic_dataset_path(cli.root / "cache", 2, seed=1, image_size=(128, 128))
     # lr_scale: a smoke model trained at the normal rate calls every proposal background (no book to
     # compare); a barely trained one scores books about 0.5, so min_confidence=0 gives some.
-    proc = cli.run("+experiment=smoke", "data=via", f"data.path={train}", f"data.test.path={test}",
-                   "cv.final=true", "tracking.register_model=books", "lr_scale=0.00001")
+    proc = cli.run(
+        "+experiment=smoke",
+        "data=via",
+        f"data.path={train}",
+        f"data.test.path={test}",
+        "cv.final=true",
+        "tracking.register_model=books",
+        "lr_scale=0.00001",
+    )
     assert "Registered models:/books/1 (MLflow run" in proc.stdout
     (parent,), _ = cli.runs()
     client = cli.client()
@@ -272,9 +302,29 @@ def test_job_registers_its_final_model_and_the_scoring_server_outlines_books(cli
     log = cli.root / "serve.log"
     with open(log, "w") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/books/1",
-             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-t", "300"],
-            cwd=cli.root, env=cli.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                "models:/books/1",
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-t",
+                "300",
+            ],
+            cwd=cli.root,
+            env=cli.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         _wait_for_ping(url, server, log)
         answer = _post(url, invocation_request([shelf], min_confidence=0.0))

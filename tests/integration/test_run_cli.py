@@ -93,10 +93,20 @@ def test_killed_run_resumes_without_duplicates(cli):
 
 # A job that learns in about a minute: tiny model on 256 px shelves, AdamW, spine-shaped anchors.
 LEARNING_OVERRIDES = (
-    "+experiment=smoke", "model=tiny", "optimizer=adamw", "anchors=spines", "stages=scratch",
-    "stages.schedule.0.learning_rate=0.003", "stages.schedule.0.epochs=12", "stages.steps_per_epoch=20",
-    "data.synthetic.n_images=16", "data.synthetic.height=256", "data.synthetic.width=256",
-    "model.image_min_dim=256", "model.image_max_dim=256", "eval.max_images=null",
+    "+experiment=smoke",
+    "model=tiny",
+    "optimizer=adamw",
+    "anchors=spines",
+    "stages=scratch",
+    "stages.schedule.0.learning_rate=0.003",
+    "stages.schedule.0.epochs=12",
+    "stages.steps_per_epoch=20",
+    "data.synthetic.n_images=16",
+    "data.synthetic.height=256",
+    "data.synthetic.width=256",
+    "model.image_min_dim=256",
+    "model.image_max_dim=256",
+    "eval.max_images=null",
 )
 
 
@@ -130,12 +140,30 @@ def test_resumed_run_matches_an_uninterrupted_one(cli, tmp_path_factory):
 
 def test_sweep_table_ranks_points_and_shows_failures():
     points = [
-        {"overrides": "anchors=small", "run_id": "aaaaaaaaaa", "metric": "cv/mask_ap50_mean", "mean": 0.5,
-         "std": 0.1, "error": None},
-        {"overrides": "anchors=bad", "run_id": None, "metric": "cv/mask_ap50_mean", "mean": None, "std": None,
-         "error": "ConfigError: invalid config"},
-        {"overrides": "anchors=default", "run_id": "bbbbbbbbbb", "metric": "cv/mask_ap50_mean", "mean": 0.75,
-         "std": 0.05, "error": None},
+        {
+            "overrides": "anchors=small",
+            "run_id": "aaaaaaaaaa",
+            "metric": "cv/mask_ap50_mean",
+            "mean": 0.5,
+            "std": 0.1,
+            "error": None,
+        },
+        {
+            "overrides": "anchors=bad",
+            "run_id": None,
+            "metric": "cv/mask_ap50_mean",
+            "mean": None,
+            "std": None,
+            "error": "ConfigError: invalid config",
+        },
+        {
+            "overrides": "anchors=default",
+            "run_id": "bbbbbbbbbb",
+            "metric": "cv/mask_ap50_mean",
+            "mean": 0.75,
+            "std": 0.05,
+            "error": None,
+        },
     ]
     lines = sweep_table(points).splitlines()
     assert lines[0] == "sweep: 3 points, cv/mask_ap50_mean (mean ± std over folds), best first"

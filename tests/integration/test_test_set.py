@@ -22,13 +22,23 @@ def _sets(root):
 
 
 def _cfg(train, test_path, kind=None):
-    return OmegaConf.create({"data": {"kind": "via", "class_attribute": None, "default_class": "book",
-                                      "test": {"path": test_path and str(test_path), "kind": kind, "images_dir": None}}})
+    return OmegaConf.create(
+        {
+            "data": {
+                "kind": "via",
+                "class_attribute": None,
+                "default_class": "book",
+                "test": {"path": test_path and str(test_path), "kind": kind, "images_dir": None},
+            }
+        }
+    )
 
 
 def test_every_fold_model_and_the_final_model_score_the_test_set(cli):
     train, test = _sets(cli.root)
-    proc = cli.run("+experiment=smoke", "data=via", f"data.path={train}", f"data.test.path={test}", "cv.final=true")
+    proc = cli.run(
+        "+experiment=smoke", "data=via", f"data.path={train}", f"data.test.path={test}", "cv.final=true"
+    )
     assert "test set: 3 images" in proc.stdout
     assert "held-out test set, scored by each fold's model and the final model:" in proc.stdout
     assert "final model: 8 training images" in proc.stdout
@@ -79,8 +89,10 @@ def test_a_finished_final_model_is_not_trained_again(tmp_path, capsys):
     state.fold(FINAL).update({"run_id": "abc", "metrics": {}})
     state.save()
     cfg = OmegaConf.create({"cv": {"final": True}})
-    assert train_final(cfg, dataset=None, job_dir=tmp_path, state=RunState(tmp_path), test=None,
-                       progress=None) == {}
+    assert (
+        train_final(cfg, dataset=None, job_dir=tmp_path, state=RunState(tmp_path), test=None, progress=None)
+        == {}
+    )
     assert "final model: already trained in this run" in capsys.readouterr().out
 
 
@@ -90,4 +102,7 @@ def test_a_job_of_the_final_model_only_reports_its_test_scores():
     summary = aggregate(results)
     assert summary == {"cv/n_folds": 0.0, "final/test/mask_ap50": 0.7, "final/test/box_ap50": 0.8}
     assert results_table(results, summary).splitlines() == [
-        "final model, held-out test set:", "  mask_ap50: 0.700", "  box_ap50: 0.800"]
+        "final model, held-out test set:",
+        "  mask_ap50: 0.700",
+        "  box_ap50: 0.800",
+    ]

@@ -84,13 +84,23 @@ def make_batch(config: MrcnnConfig, images, masks_list, class_ids_list=None, see
     anchors = pixel_anchors_for(config, (height, width))
     max_gt = config.max_gt_instances
     mask_shape = tuple(config.mini_mask_shape) if config.use_mini_mask else (height, width)
-    out = {key: [] for key in (
-        "input_image", "input_image_meta", "input_rpn_match", "input_rpn_bbox",
-        "input_gt_class_ids", "input_gt_boxes", "input_gt_masks",
-    )}
+    out = {
+        key: []
+        for key in (
+            "input_image",
+            "input_image_meta",
+            "input_rpn_match",
+            "input_rpn_bbox",
+            "input_gt_class_ids",
+            "input_gt_boxes",
+            "input_gt_masks",
+        )
+    }
     for i, (image, masks) in enumerate(zip(images, masks_list)):
         n = masks.shape[-1]
-        class_ids = np.ones(n, np.int32) if class_ids_list is None else np.asarray(class_ids_list[i], np.int32)
+        class_ids = (
+            np.ones(n, np.int32) if class_ids_list is None else np.asarray(class_ids_list[i], np.int32)
+        )
         boxes = boxes_of(masks)
         rpn_match, rpn_bbox = build_rpn_targets(anchors, class_ids, boxes, config, rng=rng)
         gt_ids = np.zeros(max_gt, np.int32)
@@ -99,10 +109,12 @@ def make_batch(config: MrcnnConfig, images, masks_list, class_ids_list=None, see
         gt_ids[:n], gt_boxes[:n] = class_ids, boxes
         if n:
             gt_masks[..., :n] = minimize_masks(boxes, masks, mask_shape) if config.use_mini_mask else masks
-        meta = compose_image_meta(i, image.shape, image.shape, (0, 0, height, width), 1.0,
-                                  np.ones(config.num_classes))
-        for key, value in zip(out, (mold_image(image, config), meta, rpn_match, rpn_bbox, gt_ids, gt_boxes,
-                                    gt_masks)):
+        meta = compose_image_meta(
+            i, image.shape, image.shape, (0, 0, height, width), 1.0, np.ones(config.num_classes)
+        )
+        for key, value in zip(
+            out, (mold_image(image, config), meta, rpn_match, rpn_bbox, gt_ids, gt_boxes, gt_masks)
+        ):
             out[key].append(value)
     return {key: np.stack(values) for key, values in out.items()}
 
@@ -139,19 +151,32 @@ def _shelf_records(folder, n_images, image_hw):
     from bookseg.data.records import ImageRecord, Instance
     from bookseg.data.synthetic import ShelfStyle, render_shelf
 
-    style = ShelfStyle(books_per_image=(3, 6), empty_rate=0.0, rows=(1,), stack_rate=0.0, object_rate=0.0,
-                       front_book_rate=0.0, tilt_rate=0.0)
+    style = ShelfStyle(
+        books_per_image=(3, 6),
+        empty_rate=0.0,
+        rows=(1,),
+        stack_rate=0.0,
+        object_rate=0.0,
+        front_book_rate=0.0,
+        tilt_rate=0.0,
+    )
     rng = np.random.default_rng(0)
     records, images, gt_masks = [], [], []
     for i in range(n_images):
         shelf = render_shelf(rng, image_hw, style)
         path = folder / f"shelf_{i}.png"
         cv2.imwrite(str(path), shelf.image[:, :, ::-1])
-        records.append(ImageRecord(
-            image_id=path.name, path=path, width=image_hw[1], height=image_hw[0],
-            instances=[Instance("book", mask=m, region=f"book {k}") for k, m in enumerate(shelf.masks)],
-            group=path.stem, source="test",
-        ))
+        records.append(
+            ImageRecord(
+                image_id=path.name,
+                path=path,
+                width=image_hw[1],
+                height=image_hw[0],
+                instances=[Instance("book", mask=m, region=f"book {k}") for k, m in enumerate(shelf.masks)],
+                group=path.stem,
+                source="test",
+            )
+        )
         images.append(shelf.image)
         gt_masks.append(np.stack(shelf.masks, axis=-1))
     return records, images, gt_masks
@@ -168,17 +193,36 @@ def overfit_run(tmp_path_factory) -> OverfitRun:
 
     keras.utils.set_random_seed(0)
     config = tiny_config(
-        image_min_dim=96, image_max_dim=128, tiny_channels=(16, 32, 64, 128), top_down_pyramid_size=64,
-        rpn_conv_channels=64, fpn_classif_fc_layers_size=128, mask_head_channels=32,
-        rpn_anchor_scales=(16, 32, 64, 128, 256), rpn_anchor_ratios=(0.25, 0.5, 1.0),
-        train_rois_per_image=64, post_nms_rois_training=200, post_nms_rois_inference=100, max_gt_instances=16,
-        detection_min_confidence=0.5, detection_max_instances=20, images_per_batch=2,
+        image_min_dim=96,
+        image_max_dim=128,
+        tiny_channels=(16, 32, 64, 128),
+        top_down_pyramid_size=64,
+        rpn_conv_channels=64,
+        fpn_classif_fc_layers_size=128,
+        mask_head_channels=32,
+        rpn_anchor_scales=(16, 32, 64, 128, 256),
+        rpn_anchor_ratios=(0.25, 0.5, 1.0),
+        train_rois_per_image=64,
+        post_nms_rois_training=200,
+        post_nms_rois_inference=100,
+        max_gt_instances=16,
+        detection_min_confidence=0.5,
+        detection_max_instances=20,
+        images_per_batch=2,
     )
     records, images, gt_masks = _shelf_records(tmp_path_factory.mktemp("overfit"), 4, (96, 128))
     data = make_dataset(records, config, ["book"], seed=0)
     model = MaskRCNN(config)
-    logs = train_stages(model, data, None, [Stage("all", 6, 2e-3)], OptimizerSpec(name="adamw", adamw_weight_decay=0.0),
-                        steps_per_epoch=25, validation_steps=None, verbose=0)
+    logs = train_stages(
+        model,
+        data,
+        None,
+        [Stage("all", 6, 2e-3)],
+        OptimizerSpec(name="adamw", adamw_weight_decay=0.0),
+        steps_per_epoch=25,
+        validation_steps=None,
+        verbose=0,
+    )
     return OverfitRun(model, images, gt_masks, logs)
 
 
@@ -188,7 +232,15 @@ def mask_aps(results, gt_masks, iou_threshold=0.5) -> list[float]:
 
     aps = []
     for result, masks in zip(results, gt_masks):
-        ap, *_ = compute_ap(boxes_of(masks), np.ones(masks.shape[-1], int), masks, result["rois"],
-                            result["class_ids"], result["scores"], result["masks"], iou_threshold=iou_threshold)
+        ap, *_ = compute_ap(
+            boxes_of(masks),
+            np.ones(masks.shape[-1], int),
+            masks,
+            result["rois"],
+            result["class_ids"],
+            result["scores"],
+            result["masks"],
+            iou_threshold=iou_threshold,
+        )
         aps.append(ap)
     return aps

@@ -74,12 +74,25 @@ def test_r101_has_every_matterport_layer_with_its_weight_shapes(r101_coco):
 def test_r101_legacy_weight_order(r101_coco):
     named = named_weight_layers(r101_coco)
     assert [w.name for w in named["conv1"].weights] == ["kernel", "bias"]
-    assert [w.name for w in named["bn4w_branch2c"].weights] == ["gamma", "beta", "moving_mean", "moving_variance"]
-    assert [w.path for w in named["rpn_model"].weights] == [
-        "rpn_conv_shared/kernel", "rpn_conv_shared/bias", "rpn_class_raw/kernel", "rpn_class_raw/bias",
-        "rpn_bbox_pred/kernel", "rpn_bbox_pred/bias",
+    assert [w.name for w in named["bn4w_branch2c"].weights] == [
+        "gamma",
+        "beta",
+        "moving_mean",
+        "moving_variance",
     ]
-    convs = [n for n, layer in named.items() if isinstance(layer, keras.layers.Conv2D) and n.startswith(("conv", "res"))]
+    assert [w.path for w in named["rpn_model"].weights] == [
+        "rpn_conv_shared/kernel",
+        "rpn_conv_shared/bias",
+        "rpn_class_raw/kernel",
+        "rpn_class_raw/bias",
+        "rpn_bbox_pred/kernel",
+        "rpn_bbox_pred/bias",
+    ]
+    convs = [
+        n
+        for n, layer in named.items()
+        if isinstance(layer, keras.layers.Conv2D) and n.startswith(("conv", "res"))
+    ]
     bns = [n for n, layer in named.items() if isinstance(layer, BatchNorm) and n.startswith("bn")]
     assert len(convs) == 104 and len(bns) == 104
 
@@ -87,7 +100,9 @@ def test_r101_legacy_weight_order(r101_coco):
 def test_r50_backbone_has_53_convs_and_53_bns():
     model = MaskRCNN(MrcnnConfig(backbone="resnet50"))
     named = named_weight_layers(model)
-    assert {n for n in named if n.startswith(("conv1", "bn_conv1", "res", "bn"))} == set(expected_resnet_layers(6))
+    assert {n for n in named if n.startswith(("conv1", "bn_conv1", "res", "bn"))} == set(
+        expected_resnet_layers(6)
+    )
     assert sum(n.startswith(("conv1", "res")) for n in named) == 53
     assert sum(n.startswith(("bn_conv1", "bn")) for n in named) == 53
     # BN epsilon and conv biases as matterport.

@@ -122,13 +122,15 @@ def test_paste_masks_places_each_mask_in_its_box_cut_to_the_image():
     full, left_half = np.ones((28, 28), np.float32), np.zeros((28, 28), np.float32)
     left_half[:, :14] = 1.0
     masks = np.stack([full, left_half, full, full, full])
-    boxes = np.array([
-        [10, 20, 50, 40],   # inside: exactly the box
-        [60, 0, 100, 60],   # left half of a 60 px wide box: columns 0..29
-        [-10, 150, 30, 170],  # reaches above the image: cut at row 0
-        [5, 5, 5, 9],       # empty
-        [90, 90, 80, 95],   # inverted
-    ])
+    boxes = np.array(
+        [
+            [10, 20, 50, 40],  # inside: exactly the box
+            [60, 0, 100, 60],  # left half of a 60 px wide box: columns 0..29
+            [-10, 150, 30, 170],  # reaches above the image: cut at row 0
+            [5, 5, 5, 9],  # empty
+            [90, 90, 80, 95],  # inverted
+        ]
+    )
     out = im.paste_masks(masks, boxes, (120, 160))
     assert out.shape == (120, 160, 5) and out.dtype == bool
     expected = np.zeros((120, 160, 5), bool)

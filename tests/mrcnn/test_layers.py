@@ -25,7 +25,9 @@ def test_apply_box_deltas_and_clip():
 
 
 def test_norm_boxes_graph_matches_matterport_convention():
-    got = norm_boxes_graph(tf.constant([[0.0, 0.0, 64.0, 128.0], [10.0, 20.0, 33.0, 65.0]]), (64, 128)).numpy()
+    got = norm_boxes_graph(
+        tf.constant([[0.0, 0.0, 64.0, 128.0], [10.0, 20.0, 33.0, 65.0]]), (64, 128)
+    ).numpy()
     np.testing.assert_allclose(got, [[0, 0, 1, 1], [10 / 63, 20 / 127, 32 / 63, 64 / 127]], rtol=1e-6)
 
 
@@ -53,15 +55,29 @@ def _proposal_inputs():
 
 def test_proposals_nms_keeps_best_of_overlapping_and_pads():
     anchors, probs, deltas = _proposal_inputs()
-    out = propose(tf.constant(probs), tf.constant(deltas), tf.constant(anchors), proposal_count=4,
-                  nms_threshold=0.7, pre_nms_limit=100, rpn_bbox_std_dev=STD).numpy()
+    out = propose(
+        tf.constant(probs),
+        tf.constant(deltas),
+        tf.constant(anchors),
+        proposal_count=4,
+        nms_threshold=0.7,
+        pre_nms_limit=100,
+        rpn_bbox_std_dev=STD,
+    ).numpy()
     np.testing.assert_allclose(out[0], [anchors[0], anchors[2], anchors[3], [0, 0, 0, 0]], atol=1e-6)
 
 
 def test_proposals_pre_nms_limit_and_count():
     anchors, probs, deltas = _proposal_inputs()
-    out = propose(tf.constant(probs), tf.constant(deltas), tf.constant(anchors), proposal_count=3,
-                  nms_threshold=0.7, pre_nms_limit=2, rpn_bbox_std_dev=STD).numpy()
+    out = propose(
+        tf.constant(probs),
+        tf.constant(deltas),
+        tf.constant(anchors),
+        proposal_count=3,
+        nms_threshold=0.7,
+        pre_nms_limit=2,
+        rpn_bbox_std_dev=STD,
+    ).numpy()
     # Only anchors 0 and 1 are considered; 1 is suppressed.
     np.testing.assert_allclose(out[0], [anchors[0], [0, 0, 0, 0], [0, 0, 0, 0]], atol=1e-6)
 
@@ -72,12 +88,21 @@ def test_proposals_apply_scaled_deltas_clip_and_batch():
     probs = np.repeat(probs, 2, axis=0)
     deltas[1, 0] = [1.0, 0.0, 0.0, 0.0]  # x std 0.1 -> moves anchor 0 down by 0.1 * 0.3
     deltas[1, 2] = [0.0, 0.0, 0.0, 5.0]  # width * e^(0.2*5) -> clipped to [0, 1]
-    out = propose(tf.constant(probs), tf.constant(deltas), tf.constant(anchors), proposal_count=3,
-                  nms_threshold=0.7, pre_nms_limit=100, rpn_bbox_std_dev=STD).numpy()
+    out = propose(
+        tf.constant(probs),
+        tf.constant(deltas),
+        tf.constant(anchors),
+        proposal_count=3,
+        nms_threshold=0.7,
+        pre_nms_limit=100,
+        rpn_bbox_std_dev=STD,
+    ).numpy()
     np.testing.assert_allclose(out[0], [anchors[0], anchors[2], anchors[3]], atol=1e-6)
     np.testing.assert_allclose(out[1, 0], [0.13, 0.10, 0.43, 0.40], atol=1e-6)
     width = 0.4 * np.e
-    np.testing.assert_allclose(out[1, 1], [0.5, max(0.7 - width / 2, 0), 0.9, min(0.7 + width / 2, 1)], atol=1e-6)
+    np.testing.assert_allclose(
+        out[1, 1], [0.5, max(0.7 - width / 2, 0), 0.9, min(0.7 + width / 2, 1)], atol=1e-6
+    )
 
 
 # ---------------------------------------------------------------------------------- ROI align
@@ -94,7 +119,10 @@ def test_pyramid_roi_align_pools_from_the_right_level_in_input_order():
     image_hw = tf.constant([256.0, 256.0])
     # Level l of image b is filled with the value 10 * l + b.
     maps = [
-        tf.constant(np.full((2, 256 // s, 256 // s, 3), 0.0, np.float32) + (10 * level + np.arange(2))[:, None, None, None])
+        tf.constant(
+            np.full((2, 256 // s, 256 // s, 3), 0.0, np.float32)
+            + (10 * level + np.arange(2))[:, None, None, None]
+        )
         for level, s in zip((2, 3, 4, 5), (4, 8, 16, 32))
     ]
     # roughly: 20 px -> level 2, 80 px -> 3, 180 px -> 4, 255 px -> 4 (4 + round(log2(255/224)))
@@ -143,8 +171,15 @@ def test_detection_targets_sampling_deltas_and_masks():
     config = _targets_config()
     ids, boxes, masks = _gt()
     rois, class_ids, deltas, target_masks, valid = (
-        t.numpy() for t in detection_targets(tf.constant(_proposals()), tf.constant(ids), tf.constant(boxes),
-                                             tf.constant(masks), config, deterministic=True)
+        t.numpy()
+        for t in detection_targets(
+            tf.constant(_proposals()),
+            tf.constant(ids),
+            tf.constant(boxes),
+            tf.constant(masks),
+            config,
+            deterministic=True,
+        )
     )
     assert rois.shape == (1, 10, 4) and target_masks.shape == (1, 10, 28, 28)
     # 2 positives (<= int(10 * 0.33) = 3), then int(2 / 0.33) - 2 = 4 negatives, then 4 padding rows.
@@ -169,8 +204,15 @@ def test_detection_targets_from_full_size_masks():
     full = np.zeros((1, 101, 101, 3), np.float32)
     full[0, 10:51, 10:31, 0] = 1.0  # rows 10..50, columns 10..30 of the box [0.1, 0.1, 0.5, 0.5] * 100
     rois, class_ids, _, target_masks, _ = (
-        t.numpy() for t in detection_targets(tf.constant(_proposals()), tf.constant(ids), tf.constant(boxes),
-                                             tf.constant(full), config, deterministic=True)
+        t.numpy()
+        for t in detection_targets(
+            tf.constant(_proposals()),
+            tf.constant(ids),
+            tf.constant(boxes),
+            tf.constant(full),
+            config,
+            deterministic=True,
+        )
     )
     exact = int(np.flatnonzero(np.isclose(rois[0, :2, 0], 0.1) & (class_ids[0, :2] == 1))[0])
     # The ROI spans columns 10..50; the mask covers 10..30, i.e. the left half of the 28 columns.
@@ -182,8 +224,9 @@ def test_detection_targets_without_gt_sample_negatives():
     ids, boxes, masks = _gt()
     ids[:] = 0
     boxes[:] = 0
-    _, class_ids, _, _, valid = detection_targets(tf.constant(_proposals()), tf.constant(ids), tf.constant(boxes),
-                                                  tf.constant(masks), config)
+    _, class_ids, _, _, valid = detection_targets(
+        tf.constant(_proposals()), tf.constant(ids), tf.constant(boxes), tf.constant(masks), config
+    )
     assert class_ids.numpy().sum() == 0
     # 7 real proposals available, up to 10 - int(10 * 0.33) = 7 negatives wanted.
     assert valid.numpy().sum() == 7
@@ -195,8 +238,15 @@ def test_detection_targets_crowd_regions_are_never_negatives():
     ids[0, 1] = -1  # crowd box over the first two far proposals
     boxes[0, 1] = [0.6, 0.6, 0.7, 0.7]
     rois, class_ids, _, _, valid = (
-        t.numpy() for t in detection_targets(tf.constant(_proposals()), tf.constant(ids), tf.constant(boxes),
-                                             tf.constant(masks), config, deterministic=True)
+        t.numpy()
+        for t in detection_targets(
+            tf.constant(_proposals()),
+            tf.constant(ids),
+            tf.constant(boxes),
+            tf.constant(masks),
+            config,
+            deterministic=True,
+        )
     )
     negatives = rois[0][(valid[0] > 0) & (class_ids[0] == 0)]
     crowd = np.array([0.6, 0.6, 0.7, 0.7], np.float32)
@@ -218,46 +268,91 @@ def test_detection_targets_deterministic_mode_repeats():
 # ---------------------------------------------------------------------------------- detection layer
 def test_detection_layer_per_class_nms_threshold_and_order():
     rois = np.array(
-        [[
-            [0.10, 0.10, 0.50, 0.50],  # 0: class 1, 0.90
-            [0.11, 0.11, 0.51, 0.51],  # 1: class 1, 0.80 -> suppressed by 0 (same class)
-            [0.10, 0.10, 0.50, 0.50],  # 2: class 2, 0.85 -> kept (other class)
-            [0.60, 0.60, 0.90, 0.90],  # 3: background argmax -> dropped
-            [0.60, 0.10, 0.90, 0.40],  # 4: class 1, 0.60 < 0.7 -> dropped
-            [0.00, 0.00, 0.00, 0.00],  # 5: padding -> never detected
-        ]],
+        [
+            [
+                [0.10, 0.10, 0.50, 0.50],  # 0: class 1, 0.90
+                [0.11, 0.11, 0.51, 0.51],  # 1: class 1, 0.80 -> suppressed by 0 (same class)
+                [0.10, 0.10, 0.50, 0.50],  # 2: class 2, 0.85 -> kept (other class)
+                [0.60, 0.60, 0.90, 0.90],  # 3: background argmax -> dropped
+                [0.60, 0.10, 0.90, 0.40],  # 4: class 1, 0.60 < 0.7 -> dropped
+                [0.00, 0.00, 0.00, 0.00],  # 5: padding -> never detected
+            ]
+        ],
         np.float32,
     )
-    probs = np.array([[
-        [0.05, 0.90, 0.05], [0.10, 0.80, 0.10], [0.05, 0.10, 0.85], [0.70, 0.20, 0.10], [0.20, 0.60, 0.20],
-        [0.00, 1.00, 0.00],
-    ]], np.float32)
+    probs = np.array(
+        [
+            [
+                [0.05, 0.90, 0.05],
+                [0.10, 0.80, 0.10],
+                [0.05, 0.10, 0.85],
+                [0.70, 0.20, 0.10],
+                [0.20, 0.60, 0.20],
+                [0.00, 1.00, 0.00],
+            ]
+        ],
+        np.float32,
+    )
     deltas = np.zeros((1, 6, 3, 4), np.float32)
     window = tf.constant([[0.0, 0.0, 1.0, 1.0]])
-    out = refine_detections(tf.constant(rois), tf.constant(probs), tf.constant(deltas), window,
-                            min_confidence=0.7, max_instances=4, nms_threshold=0.3, bbox_std_dev=STD).numpy()
+    out = refine_detections(
+        tf.constant(rois),
+        tf.constant(probs),
+        tf.constant(deltas),
+        window,
+        min_confidence=0.7,
+        max_instances=4,
+        nms_threshold=0.3,
+        bbox_std_dev=STD,
+    ).numpy()
     assert out.shape == (1, 4, 6)
     np.testing.assert_allclose(out[0, 0], [0.1, 0.1, 0.5, 0.5, 1, 0.90], atol=1e-6)
     np.testing.assert_allclose(out[0, 1], [0.1, 0.1, 0.5, 0.5, 2, 0.85], atol=1e-6)
     np.testing.assert_array_equal(out[0, 2:], 0)
-    top1 = refine_detections(tf.constant(rois), tf.constant(probs), tf.constant(deltas), window,
-                             min_confidence=0.7, max_instances=1, nms_threshold=0.3, bbox_std_dev=STD).numpy()
+    top1 = refine_detections(
+        tf.constant(rois),
+        tf.constant(probs),
+        tf.constant(deltas),
+        window,
+        min_confidence=0.7,
+        max_instances=1,
+        nms_threshold=0.3,
+        bbox_std_dev=STD,
+    ).numpy()
     np.testing.assert_allclose(top1[0, 0, 4:], [1, 0.90], atol=1e-6)
-    low = refine_detections(tf.constant(rois), tf.constant(probs), tf.constant(deltas), window,
-                            min_confidence=0.5, max_instances=4, nms_threshold=0.3, bbox_std_dev=STD).numpy()
+    low = refine_detections(
+        tf.constant(rois),
+        tf.constant(probs),
+        tf.constant(deltas),
+        window,
+        min_confidence=0.5,
+        max_instances=4,
+        nms_threshold=0.3,
+        bbox_std_dev=STD,
+    ).numpy()
     assert (low[0, :, 4] > 0).sum() == 3  # ROI 4 (0.60) now passes
 
 
 def test_detection_layer_applies_class_deltas_and_clips_to_window():
-    rois = np.array([[[0.2, 0.2, 0.6, 0.6], [0.0, 0.0, 0.0, 0.0]], [[0.2, 0.2, 0.6, 0.6], [0.1, 0.1, 0.2, 0.2]]],
-                    np.float32)
+    rois = np.array(
+        [[[0.2, 0.2, 0.6, 0.6], [0.0, 0.0, 0.0, 0.0]], [[0.2, 0.2, 0.6, 0.6], [0.1, 0.1, 0.2, 0.2]]],
+        np.float32,
+    )
     probs = np.array([[[0.0, 1.0], [1.0, 0.0]], [[0.0, 1.0], [0.1, 0.9]]], np.float32)
     deltas = np.zeros((2, 2, 2, 4), np.float32)
     deltas[0, 0, 1] = [1.0, 0.0, 0.0, 0.0]  # moves down by 0.1 * 0.4
     deltas[0, 0, 0] = [9.0, 9.0, 9.0, 9.0]  # background deltas are ignored
     windows = tf.constant([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.5, 1.0]])
-    out = refine_detections(tf.constant(rois), tf.constant(probs), tf.constant(deltas), windows,
-                            min_confidence=0.7, max_instances=2, nms_threshold=0.3, bbox_std_dev=STD).numpy()
+    out = refine_detections(
+        tf.constant(rois),
+        tf.constant(probs),
+        tf.constant(deltas),
+        windows,
+        min_confidence=0.7,
+        max_instances=2,
+        nms_threshold=0.3,
+        bbox_std_dev=STD,
+    ).numpy()
     np.testing.assert_allclose(out[0, 0, :4], [0.24, 0.2, 0.64, 0.6], atol=1e-6)
     np.testing.assert_array_equal(out[0, 1], 0)
     np.testing.assert_allclose(out[1, 0, :4], [0.2, 0.2, 0.5, 0.6], atol=1e-6)  # clipped to window y2 0.5
@@ -268,9 +363,16 @@ def test_detection_layer_applies_class_deltas_and_clips_to_window():
 def test_detection_layer_min_confidence_is_inclusive_and_zero_keeps_all_foreground(min_confidence):
     rois = tf.constant([[[0.1, 0.1, 0.3, 0.3], [0.5, 0.5, 0.9, 0.9]]])
     probs = tf.constant([[[0.05, 0.95], [0.6, 0.4]]])
-    out = refine_detections(rois, probs, tf.zeros([1, 2, 2, 4]), tf.constant([[0.0, 0.0, 1.0, 1.0]]),
-                            min_confidence=min_confidence, max_instances=2, nms_threshold=0.3,
-                            bbox_std_dev=STD).numpy()
+    out = refine_detections(
+        rois,
+        probs,
+        tf.zeros([1, 2, 2, 4]),
+        tf.constant([[0.0, 0.0, 1.0, 1.0]]),
+        min_confidence=min_confidence,
+        max_instances=2,
+        nms_threshold=0.3,
+        bbox_std_dev=STD,
+    ).numpy()
     # ROI 1 is background by argmax, so it is dropped whatever the threshold.
     np.testing.assert_allclose(out[0, :, 4:], [[1, 0.95], [0, 0]], atol=1e-6)
 
@@ -291,8 +393,11 @@ def test_mask_target_of_a_roi_wider_than_its_book(use_mini_mask):
         full[8:56, 28:49, 0] = True
         masks = minimize_masks(book, full, config.mini_mask_shape) if use_mini_mask else full
         _, _, _, targets, _ = detection_targets_one_image(
-            tf.constant(norm_boxes(roi, (64, 64)), tf.float32), tf.constant([1], tf.int32),
-            tf.constant(norm_boxes(book, (64, 64)), tf.float32), tf.constant(masks, tf.float32), config,
+            tf.constant(norm_boxes(roi, (64, 64)), tf.float32),
+            tf.constant([1], tf.int32),
+            tf.constant(norm_boxes(book, (64, 64)), tf.float32),
+            tf.constant(masks, tf.float32),
+            config,
             deterministic=True,
         )
         expected = np.zeros((28, 28), np.float32)

@@ -23,8 +23,12 @@ def test_smooth_l1_values():
 
 def test_rpn_class_loss_is_mean_cross_entropy_over_non_neutral_anchors():
     rpn_match = np.array([[1, -1, 0], [0, -1, 1]], np.int32)
-    logits = np.array([[[0.0, 2.0], [1.0, -1.0], [50.0, -50.0]], [[3.0, 3.0], [0.5, 0.0], [-1.0, 1.5]]], np.float32)
-    expected = np.mean([_ce(logits[0, 0], 1), _ce(logits[0, 1], 0), _ce(logits[1, 1], 0), _ce(logits[1, 2], 1)])
+    logits = np.array(
+        [[[0.0, 2.0], [1.0, -1.0], [50.0, -50.0]], [[3.0, 3.0], [0.5, 0.0], [-1.0, 1.5]]], np.float32
+    )
+    expected = np.mean(
+        [_ce(logits[0, 0], 1), _ce(logits[0, 1], 0), _ce(logits[1, 1], 0), _ce(logits[1, 2], 1)]
+    )
     got = L.rpn_class_loss(tf.constant(rpn_match), tf.constant(logits)).numpy()
     assert got == pytest.approx(expected, rel=1e-5)
     # matterport's [B, A, 1] layout gives the same value.
@@ -65,7 +69,9 @@ def test_mrcnn_class_loss_ignores_padding_rows():
     valid = np.array([[1.0, 1.0, 0.0]], np.float32)
     active = np.ones((1, 2), np.float32)
     expected = (_ce(logits[0, 0], 1) + _ce(logits[0, 1], 0)) / 2
-    got = L.mrcnn_class_loss(tf.constant(target), tf.constant(logits), tf.constant(active), tf.constant(valid))
+    got = L.mrcnn_class_loss(
+        tf.constant(target), tf.constant(logits), tf.constant(active), tf.constant(valid)
+    )
     assert float(got) == pytest.approx(expected, rel=1e-5)
 
 
@@ -78,7 +84,9 @@ def test_mrcnn_class_loss_skips_rois_predicted_as_inactive_class():
 
 
 def test_mrcnn_class_loss_with_nothing_counted_is_zero_not_nan():
-    got = L.mrcnn_class_loss(tf.zeros([1, 3], tf.int32), tf.zeros([1, 3, 2]), tf.ones([1, 2]), tf.zeros([1, 3]))
+    got = L.mrcnn_class_loss(
+        tf.zeros([1, 3], tf.int32), tf.zeros([1, 3, 2]), tf.ones([1, 2]), tf.zeros([1, 3])
+    )
     assert float(got) == 0.0
 
 

@@ -104,12 +104,16 @@ def test_mask_head_on_positive_slots_gives_matterports_mask_loss():
         out = model.training_outputs(batch, deterministic=True)
         sliced = L.mrcnn_mask_loss(out["target_mask"], out["mask_class_ids"], out["mrcnn_mask_logits"])
         rois, ids, _, target_mask, _ = model.detection_target_layer(
-            out["rpn_rois"], batch["input_gt_class_ids"],
+            out["rpn_rois"],
+            batch["input_gt_class_ids"],
             tf.constant(norm_boxes(batch["input_gt_boxes"].numpy(), (64, 64))),
-            tf.cast(batch["input_gt_masks"], tf.float32), deterministic=True,
+            tf.cast(batch["input_gt_masks"], tf.float32),
+            deterministic=True,
         )
         features = model._features(tf.cast(batch["input_image"], tf.float32), False)
-        full = L.mrcnn_mask_loss(target_mask, ids, model._mask_logits(rois, tf.constant([64.0, 64.0]), features, False))
+        full = L.mrcnn_mask_loss(
+            target_mask, ids, model._mask_logits(rois, tf.constant([64.0, 64.0]), features, False)
+        )
         return sliced, full, ids.numpy()
 
     with tf.GradientTape(persistent=True) as tape:
@@ -135,7 +139,9 @@ def test_image_without_books_trains_as_negative(tiny_model):
     assert losses["rpn_bbox_loss"] == 0 and losses["mrcnn_bbox_loss"] == 0 and losses["mrcnn_mask_loss"] == 0
     out = tiny_model.training_outputs(batch)
     valid = out["roi_valid"].numpy()
-    expected_negatives = config.train_rois_per_image - int(config.train_rois_per_image * config.roi_positive_ratio)
+    expected_negatives = config.train_rois_per_image - int(
+        config.train_rois_per_image * config.roi_positive_ratio
+    )
     np.testing.assert_array_equal(valid.sum(axis=1), [expected_negatives] * 2)
 
 
@@ -176,7 +182,11 @@ def _fake_inference(detections_px):
 def test_detect_returns_boxes_and_masks_in_original_pixels(tiny_model, monkeypatch, mode):
     model = MaskRCNN(tiny_config(image_resize_mode=mode)) if mode != "square" else tiny_model
     monkeypatch.setattr(model, "inference_function", lambda max_instances: _fake_inference([10, 20, 30, 60]))
-    images = [np.zeros((50, 90, 3), np.uint8), np.zeros((70, 64, 3), np.uint8), np.zeros((50, 90, 3), np.uint8)]
+    images = [
+        np.zeros((50, 90, 3), np.uint8),
+        np.zeros((70, 64, 3), np.uint8),
+        np.zeros((50, 90, 3), np.uint8),
+    ]
     results = model.detect(images)
     assert len(results) == 3
     for image, result in zip(images, results):
@@ -184,7 +194,9 @@ def test_detect_returns_boxes_and_masks_in_original_pixels(tiny_model, monkeypat
         np.testing.assert_allclose(result["rois"][0], [10, 20, 30, 60], atol=1)
         np.testing.assert_array_equal(result["class_ids"], [1])
         y1, x1, y2, x2 = result["rois"][0]
-        assert result["masks"][y1:y2, x1:x2, 0].all() and result["masks"][..., 0].sum() == (y2 - y1) * (x2 - x1)
+        assert result["masks"][y1:y2, x1:x2, 0].all() and result["masks"][..., 0].sum() == (y2 - y1) * (
+            x2 - x1
+        )
 
 
 def test_detect_real_graph_any_size_pad64_and_chunks():
@@ -202,7 +214,9 @@ def test_detect_real_graph_any_size_pad64_and_chunks():
         assert result["masks"].shape == (*source.shape[:2], n) and result["masks"].dtype == bool
         assert result["rois"].shape == (n, 4) and result["class_ids"].shape == (n,)
         if n:
-            assert np.all(result["rois"][:, 2] <= source.shape[0]) and np.all(result["rois"][:, 3] <= source.shape[1])
+            assert np.all(result["rois"][:, 2] <= source.shape[0]) and np.all(
+                result["rois"][:, 3] <= source.shape[1]
+            )
             assert np.all(np.diff(result["scores"]) <= 1e-6)
     # The same image gives the same detections in a batch of 2 and in a batch of 1.
     assert len(results[0]["scores"]) > 0

@@ -42,7 +42,9 @@ def test_batchnorm_none_follows_the_call_flag():
     assert np.all(layer.moving_mean.numpy() > 0.01)
 
 
-@pytest.mark.parametrize("channels, groups", [(8, 2), (16, 4), (64, 16), (128, 32), (256, 32), (48, 12), (3, 1)])
+@pytest.mark.parametrize(
+    "channels, groups", [(8, 2), (16, 4), (64, 16), (128, 32), (256, 32), (48, 12), (3, 1)]
+)
 def test_group_count_keeps_four_channels_per_group_and_at_most_32_groups(channels, groups):
     assert group_count(channels) == groups
     assert channels % group_count(channels) == 0
@@ -60,7 +62,10 @@ def test_every_norm_layer_of_the_model_follows_config_norm(norm):
         if norm == "group_norm":
             assert isinstance(layer, keras.layers.GroupNormalization)
         else:
-            assert isinstance(layer, BatchNorm) and layer.train_bn is {"frozen_bn": False, "batch_norm": None}[norm]
+            assert (
+                isinstance(layer, BatchNorm)
+                and layer.train_bn is {"frozen_bn": False, "batch_norm": None}[norm]
+            )
 
 
 def test_group_norm_model_treats_each_image_alone():
@@ -83,8 +88,16 @@ def test_batch_norm_learns_statistics_in_fit_and_uses_them_in_detect():
     model = MaskRCNN(config)
     layer = named_weight_layers(model)["tiny_c3_bn1"]
     before = layer.moving_variance.numpy().copy()
-    train_stages(model, data, None, [Stage("all", 1, 0.01)], OptimizerSpec(), steps_per_epoch=2,
-                 validation_steps=None, verbose=0)
+    train_stages(
+        model,
+        data,
+        None,
+        [Stage("all", 1, 0.01)],
+        OptimizerSpec(),
+        steps_per_epoch=2,
+        validation_steps=None,
+        verbose=0,
+    )
     assert not np.allclose(layer.moving_variance.numpy(), before)  # statistics learned
     frozen = layer.moving_variance.numpy().copy()
     model.detect([np.zeros((64, 64, 3), np.uint8)])

@@ -30,8 +30,11 @@ def test_mixed_bfloat16_computes_in_bf16_keeps_float32_weights_and_outputs():
     conv = model.backbone_fpn.get_layer("tiny_c2_conv1")
     assert conv.compute_dtype == "bfloat16" and conv.kernel.dtype == "float32"
     assert model.rpn_model.get_layer("rpn_conv_shared").compute_dtype == "bfloat16"
-    for head, name in ((model.rpn_model, "rpn_class_raw"), (model.classifier_head, "mrcnn_class_logits"),
-                       (model.mask_head, "mrcnn_mask")):
+    for head, name in (
+        (model.rpn_model, "rpn_class_raw"),
+        (model.classifier_head, "mrcnn_class_logits"),
+        (model.mask_head, "mrcnn_mask"),
+    ):
         assert head.get_layer(name).compute_dtype == "float32"
     assert all(v.dtype == "float32" for v in model.weights)
 

@@ -60,7 +60,9 @@ def test_l2_loss_follows_the_trainable_set_and_mode():
     bn_scales = {v.path for v in model.norm_scales()}
 
     def by_hand(reduce):
-        return 0.01 * sum(reduce(np.square(v.numpy())) for v in model.trainable_weights if v.path not in bn_scales)
+        return 0.01 * sum(
+            reduce(np.square(v.numpy())) for v in model.trainable_weights if v.path not in bn_scales
+        )
 
     set_trainable(model, "heads")
     heads = float(model.l2_loss())
@@ -119,8 +121,15 @@ def test_train_stages_numbers_epochs_globally_and_logs_all_losses():
     counter = _TrainableCounter()
     bn_before = named_weight_layers(model)["tiny_c3_bn1"].moving_mean.numpy().copy()
     logs = train_stages(
-        model, data, data.take(2), [Stage("heads", 1, 0.01), Stage("all", 2, 0.001)], OptimizerSpec(),
-        steps_per_epoch=2, validation_steps=2, callbacks=[counter], verbose=0,
+        model,
+        data,
+        data.take(2),
+        [Stage("heads", 1, 0.01), Stage("all", 2, 0.001)],
+        OptimizerSpec(),
+        steps_per_epoch=2,
+        validation_steps=2,
+        callbacks=[counter],
+        verbose=0,
     )
     assert [row["epoch"] for row in logs] == [1, 2, 3]
     assert [row["stage"] for row in logs] == [0, 1, 1]
@@ -131,8 +140,9 @@ def test_train_stages_numbers_epochs_globally_and_logs_all_losses():
             assert math.isfinite(row[name]) and math.isfinite(row["val_" + name]), name
         # Means of sums are sums of means: the total is counted once, never twice.
         assert row["loss"] == pytest.approx(sum(row[n] for n in LOSS_NAMES) + row["l2_loss"], rel=1e-4)
-        assert row["val_loss"] == pytest.approx(sum(row["val_" + n] for n in LOSS_NAMES) + row["val_l2_loss"],
-                                                rel=1e-4)
+        assert row["val_loss"] == pytest.approx(
+            sum(row["val_" + n] for n in LOSS_NAMES) + row["val_l2_loss"], rel=1e-4
+        )
     # Frozen BN (norm frozen_bn): moving statistics untouched by training.
     np.testing.assert_array_equal(named_weight_layers(model)["tiny_c3_bn1"].moving_mean.numpy(), bn_before)
 
@@ -150,16 +160,27 @@ def test_training_and_detection_trace_their_graphs_once():
         def counted(*args, **kwargs):
             runs[name] += 1
             return original(*args, **kwargs)
+
         return counted
 
     for name in runs:
         setattr(model, name, counting(name, getattr(model, name)))
-    train_stages(model, data, data.take(2), [Stage("all", 3, 0.001)], OptimizerSpec(),
-                 steps_per_epoch=4, validation_steps=2, verbose=0)
+    train_stages(
+        model,
+        data,
+        data.take(2),
+        [Stage("all", 3, 0.001)],
+        OptimizerSpec(),
+        steps_per_epoch=4,
+        validation_steps=2,
+        verbose=0,
+    )
     image, _ = shelf_scene()
     for photo in (image, image[:40], image[:, :50], image[:, ::-1]):  # any size molds to one shape
         model.detect([photo])
-    assert runs == {"train_step": 1, "test_step": 1, "inference_outputs": 1}, "12 steps, 6 validation steps, 4 detects"
+    assert runs == {"train_step": 1, "test_step": 1, "inference_outputs": 1}, (
+        "12 steps, 6 validation steps, 4 detects"
+    )
 
 
 def test_recompiling_for_a_new_stage_does_not_duplicate_losses():
@@ -183,8 +204,16 @@ def test_resume_skips_finished_stages_and_epochs():
     _, data = _dataset(config, with_empty=False)
     counter = _TrainableCounter()
     logs = train_stages(
-        model, data, None, [Stage("heads", 2, 0.01), Stage("4+", 2, 0.001)], OptimizerSpec(),
-        steps_per_epoch=1, validation_steps=None, callbacks=[counter], initial_epoch=3, verbose=0,
+        model,
+        data,
+        None,
+        [Stage("heads", 2, 0.01), Stage("4+", 2, 0.001)],
+        OptimizerSpec(),
+        steps_per_epoch=1,
+        validation_steps=None,
+        callbacks=[counter],
+        initial_epoch=3,
+        verbose=0,
     )
     assert [row["epoch"] for row in logs] == [4]
     assert [row["stage"] for row in logs] == [1]
@@ -201,10 +230,21 @@ def test_non_finite_loss_stops_training_without_touching_weights(tmp_path):
     poisoned["input_image"][1, 10:20, 10:20] = np.nan
     data = tf.data.Dataset.from_tensors(poisoned).repeat()
     weights_before = [w.copy() for w in model.get_weights()]
-    checkpoint = keras.callbacks.ModelCheckpoint(str(tmp_path / "ckpt_{epoch:04d}.weights.h5"), save_weights_only=True)
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        str(tmp_path / "ckpt_{epoch:04d}.weights.h5"), save_weights_only=True
+    )
     with pytest.raises(NonFiniteLossError, match=r"training step 1 \(epoch 1\)"):
-        train_stages(model, data, None, [Stage("all", 2, 0.01)], OptimizerSpec(), steps_per_epoch=2,
-                     validation_steps=None, callbacks=[checkpoint], verbose=0)
+        train_stages(
+            model,
+            data,
+            None,
+            [Stage("all", 2, 0.01)],
+            OptimizerSpec(),
+            steps_per_epoch=2,
+            validation_steps=None,
+            callbacks=[checkpoint],
+            verbose=0,
+        )
     for before, after in zip(weights_before, model.get_weights()):
         np.testing.assert_array_equal(before, after)
     assert not list(tmp_path.iterdir())
@@ -241,9 +281,19 @@ def test_learning_rate_schedule_warms_up_decays_and_resumes_where_it_was():
     def rates(initial_epoch):
         applied = Applied()
         applied.rates = []
-        logs = train_stages(MaskRCNN(config), data, None, [Stage("all", 3, 0.01)], OptimizerSpec(),
-                            steps_per_epoch=2, validation_steps=None, verbose=0, lr_schedule=schedule,
-                            initial_epoch=initial_epoch, callbacks=[applied])
+        logs = train_stages(
+            MaskRCNN(config),
+            data,
+            None,
+            [Stage("all", 3, 0.01)],
+            OptimizerSpec(),
+            steps_per_epoch=2,
+            validation_steps=None,
+            verbose=0,
+            lr_schedule=schedule,
+            initial_epoch=initial_epoch,
+            callbacks=[applied],
+        )
         return applied.rates, [row["learning_rate"] for row in logs]
 
     def expected(step):

@@ -185,7 +185,9 @@ def read_dataset(
         source, parsed = path, [(file, _read_json(file)) for file in files]
         detected = _check_format(format, "labelme", path)
     for file, data in parsed:
-        ctx = ReadContext(str(file), _base_dirs(file, images_dir, data), report, class_attribute, default_class)
+        ctx = ReadContext(
+            str(file), _base_dirs(file, images_dir, data), report, class_attribute, default_class
+        )
         if detected == "coco":
             images, found_classes = read_coco(data, ctx)
         elif detected == "labelme":
