@@ -5,7 +5,7 @@ SWEEP ?= anchors
 PORT ?= 5000
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all run experiment sweep ui print-config check-data clean
+.PHONY: help setup lint format test test-all run experiment sweep ui print-config check-data clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -14,12 +14,20 @@ setup: ## Install bookseg and its dependencies (editable) into the current Pytho
 	$(PYTHON) -m pip install --upgrade pip
 	$(PYTHON) -m pip install -e ".[dev]"
 
-test: ## Run the default test suite (minutes; long runs excluded); fails if no test ran
-	$(PYTHON) -m pytest -m "not slow" -q; rc=$$?; \
+lint: ## ruff: lint rules and formatting (what `make test` checks first)
+	$(PYTHON) -m ruff check bookseg tests benchmarks notebooks
+	$(PYTHON) -m ruff format --check bookseg tests benchmarks notebooks
+
+format: ## Apply ruff's formatting and safe fixes
+	$(PYTHON) -m ruff format bookseg tests benchmarks notebooks
+	$(PYTHON) -m ruff check --fix bookseg tests benchmarks notebooks
+
+test: lint ## Lint, then run the default test suite (minutes; long runs excluded); fails if no test ran
+	$(PYTHON) -m pytest -m "not slow" -q --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 test-all: ## Run every test, including the slow ones (main job quality, long resumes)
-	$(PYTHON) -m pytest -q; rc=$$?; [ $$rc -eq 5 ] && exit 1; exit $$rc
+	$(PYTHON) -m pytest -q --durations=15; rc=$$?; [ $$rc -eq 5 ] && exit 1; exit $$rc
 
 run: ## Run the main job: 3-fold CV on the synthetic shelves (minutes on a CPU)
 	$(PYTHON) -m bookseg.run
