@@ -38,15 +38,13 @@ class DataConfig:
     kind: str = "synthetic"  # synthetic | via | coco | labelme
     path: Optional[str] = None  # annotation file (or folder); unused for synthetic
     images_dir: Optional[str] = None  # default: next to the annotation file
-    class_attribute: Optional[str] = (
-        None  # region attribute holding the class; None: every region is default_class
-    )
+    # region attribute holding the class; None: every region is default_class
+    class_attribute: Optional[str] = None
     default_class: str = "book"
     group_regex: Optional[str] = None  # file-name regex whose first group names the fold group
     group_attribute: Optional[str] = None  # or a VIA file attribute naming the group
-    cache_dir: str = (
-        "${oc.env:BOOKSEG_CACHE,${hydra:runtime.cwd}/.cache/bookseg}"  # synthetic data lives here
-    )
+    # synthetic data lives here
+    cache_dir: str = "${oc.env:BOOKSEG_CACHE,${hydra:runtime.cwd}/.cache/bookseg}"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     test: TestDataConfig = field(default_factory=TestDataConfig)
 
@@ -63,9 +61,8 @@ class ModelConfig:
     fpn_classif_fc_layers_size: int = 1024
     rpn_conv_channels: int = 512
     mask_head_channels: int = 256
-    norm: str = (
-        "frozen_bn"  # frozen_bn (pretrained weights, as matterport) | batch_norm | group_norm (from scratch)
-    )
+    # frozen_bn (pretrained weights, as matterport) | batch_norm | group_norm (from scratch)
+    norm: str = "frozen_bn"
     precision: str = "float32"  # float32 | mixed_bfloat16 (bf16 compute, float32 weights and outputs)
     images_per_batch: int = 2
     rpn_train_anchors_per_image: int = 256
@@ -82,9 +79,8 @@ class ModelConfig:
     detection_max_instances: int = 100
     detection_min_confidence: float = 0.7
     detection_nms_threshold: float = 0.3
-    weights: Optional[str] = (
-        None  # start from: path (h5) | coco | imagenet | run:<run id> (bookseg.mrcnn.pretrained); None: scratch
-    )
+    # start from: path (h5) | coco | imagenet | run:<run id> (bookseg.mrcnn.pretrained); None: from scratch
+    weights: Optional[str] = None
     weights_exclude: list[str] = field(default_factory=list)  # layer names not to load
 
 
