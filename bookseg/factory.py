@@ -5,46 +5,30 @@ Layers and the training loop never read Hydra configs; everything they need pass
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from dataclasses import fields
+
+from omegaconf import DictConfig, ListConfig
 
 from bookseg.mrcnn.config import MrcnnConfig
 
 
 def mrcnn_config(cfg: DictConfig, num_classes: int) -> MrcnnConfig:
-    """MrcnnConfig for `cfg.model` + `cfg.anchors`; `num_classes` includes the background."""
+    """MrcnnConfig for `cfg.model` + `cfg.anchors` + the optimizer's weight decay; `num_classes` includes
+    the background. Every `model` field named like an MrcnnConfig field is passed by name."""
     m, a = cfg.model, cfg.anchors
+    by_name = {
+        f.name: tuple(value) if isinstance(value, ListConfig) else value
+        for f in fields(MrcnnConfig)
+        if (value := m.get(f.name)) is not None
+    }
     config = MrcnnConfig(
-        backbone=m.backbone,
-        tiny_channels=tuple(m.tiny_channels),
-        norm=m.norm,
-        precision=m.precision,
+        **by_name,
         num_classes=num_classes,
-        top_down_pyramid_size=m.top_down_pyramid_size,
-        fpn_classif_fc_layers_size=m.fpn_classif_fc_layers_size,
-        rpn_conv_channels=m.rpn_conv_channels,
-        mask_head_channels=m.mask_head_channels,
         rpn_anchor_scales=tuple(float(s) for s in a.scales),
         rpn_anchor_ratios=tuple(float(r) for r in a.ratios),
         rpn_anchor_stride=a.stride,
-        rpn_nms_threshold=m.rpn_nms_threshold,
-        rpn_train_anchors_per_image=m.rpn_train_anchors_per_image,
-        pre_nms_limit=m.pre_nms_limit,
-        post_nms_rois_training=m.post_nms_rois_training,
-        post_nms_rois_inference=m.post_nms_rois_inference,
-        image_resize_mode=m.image_resize_mode,
-        image_min_dim=m.image_min_dim,
-        image_max_dim=m.image_max_dim,
-        train_rois_per_image=m.train_rois_per_image,
-        roi_positive_ratio=m.roi_positive_ratio,
-        use_mini_mask=m.use_mini_mask,
         mini_mask_shape=(m.mini_mask_size, m.mini_mask_size),
-        mask_pool_size=m.mask_pool_size,
         mask_shape=(2 * m.mask_pool_size, 2 * m.mask_pool_size),
-        max_gt_instances=m.max_gt_instances,
-        detection_max_instances=m.detection_max_instances,
-        detection_min_confidence=m.detection_min_confidence,
-        detection_nms_threshold=m.detection_nms_threshold,
-        images_per_batch=m.images_per_batch,
         weight_decay=cfg.optimizer.weight_decay,
         weight_decay_mode=cfg.optimizer.weight_decay_mode,
     )

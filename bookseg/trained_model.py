@@ -33,7 +33,6 @@ FINAL = "final"  # the `fold` tag of a job's final model (cv.final); bookseg.exp
 CLASS_NAMES_ARTIFACT = "class_names.json"
 CONFIG_ARTIFACT = "config.yaml"
 WEIGHTS_ARTIFACT_DIR = "weights"
-_CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 class ModelSourceError(ValueError):
@@ -66,13 +65,9 @@ def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
 
 def default_config(overrides: list[str] | None = None) -> DictConfig:
     """The composed default bookseg config (`conf/config.yaml`: the `cpu` model), with Hydra `overrides`."""
-    from hydra import compose, initialize_config_dir
+    from bookseg.config.compose import compose_config
 
-    from bookseg.config.schema import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(_CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides or []))
+    return compose_config(overrides or [])
 
 
 def load_config(path: str | os.PathLike) -> DictConfig:

@@ -36,12 +36,10 @@ import keras
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from hydra import compose, initialize_config_dir
 from matplotlib.patches import Rectangle
 
-import bookseg
 from bookseg import factory
-from bookseg.config.schema import register_configs
+from bookseg.config.compose import compose_config
 from bookseg.data.images import load_image_rgb
 from bookseg.data.readers import load_dataset
 from bookseg.data.synthetic import ShelfStyle, synthetic_dataset_path
@@ -68,7 +66,6 @@ SEED = 0
 MIN_CONFIDENCE = 0.5  # detection score threshold for the final detections
 TOP_ANCHORS = 30  # best-scored RPN anchors drawn
 CACHE_DIR = Path(os.environ.get("BOOKSEG_CACHE", Path.cwd() / ".cache" / "bookseg"))
-CONF_DIR = Path(bookseg.__file__).resolve().parents[1] / "conf"
 
 
 # %%
@@ -116,9 +113,7 @@ if RUN_ID or WEIGHTS_FILE:
     records = load_data(trained.cfg).records
     inspect_records = records[-2:]  # the model may have trained on these: it is an inspection, not a test
 else:
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(MODEL_OVERRIDES))
+    cfg = compose_config(MODEL_OVERRIDES)
     easy = ShelfStyle(
         books_per_image=(3, 8),
         empty_rate=0.0,

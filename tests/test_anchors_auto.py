@@ -15,7 +15,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from bookseg.analysis.anchor_command import compose_config, model_config
+from bookseg.analysis.anchor_command import model_config, preset_config
 from bookseg.config.validate import ConfigError, validate
 from bookseg.data.folds import assign_groups, load_folds, split
 from bookseg.data.readers import load_dataset
@@ -84,14 +84,14 @@ def test_images_without_boxes_are_a_clear_error():
 
 
 def test_auto_preset_composes_and_validates():
-    cfg = compose_config("cpu", "auto")
+    cfg = preset_config("cpu", "auto")
     validate(cfg)
     assert cfg.anchors.auto is True and ratio_count(cfg.anchors) == 3
-    assert not compose_config("cpu", "default").anchors.auto
+    assert not preset_config("cpu", "default").anchors.auto
     # Without auto_ratios, auto fits as many ratios as the preset lists (spines: 5).
-    assert ratio_count(compose_config("cpu", "spines", ["anchors.auto=true"]).anchors) == 5
+    assert ratio_count(preset_config("cpu", "spines", ["anchors.auto=true"]).anchors) == 5
     with pytest.raises(ConfigError, match="anchors.auto_ratios=0"):
-        validate(compose_config("cpu", "auto", ["anchors.auto_ratios=0"]))
+        validate(preset_config("cpu", "auto", ["anchors.auto_ratios=0"]))
 
 
 def test_a_resumed_fold_gets_the_anchors_it_started_with(tmp_path, monkeypatch):

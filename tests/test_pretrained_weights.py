@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from bookseg.analysis.anchor_command import compose_config
+from bookseg.analysis.anchor_command import preset_config
 from bookseg.config.validate import ConfigError, validate
 from bookseg.mrcnn.pretrained import (
     PINNED,
@@ -243,19 +243,17 @@ def test_the_pinned_table():
 
 def test_validation_resolves_names_and_keeps_the_path_check(server, cache, monkeypatch):
     _serve(server, monkeypatch, RESNET50, b"resnet50 weights")
-    validate(
-        compose_config("resnet50", "default", ["model.weights=imagenet"])
-    )  # downloads: no "no such file"
+    validate(preset_config("resnet50", "default", ["model.weights=imagenet"]))  # downloads: no "no such file"
     assert (cache / RESNET50_FILE).is_file()
 
     with pytest.raises(ConfigError, match="model.backbone=tiny has no ImageNet weights"):
-        validate(compose_config("cpu", "default", ["model.weights=imagenet"]))
+        validate(preset_config("cpu", "default", ["model.weights=imagenet"]))
     with pytest.raises(ConfigError, match="model.weights='/nonexistent/w.h5': no such file"):
-        validate(compose_config("cpu", "default", ["model.weights=/nonexistent/w.h5"]))
+        validate(preset_config("cpu", "default", ["model.weights=/nonexistent/w.h5"]))
 
     server.files.clear()
     with pytest.raises(ConfigError, match="cannot get mask_rcnn_coco.h5: download failed"):
-        validate(compose_config("resnet101", "default", ["model.weights=coco"]))
+        validate(preset_config("resnet101", "default", ["model.weights=coco"]))
 
 
 # ------------------------------------------------------------------------------------------ run:<id>
@@ -362,8 +360,8 @@ def test_anchor_count_of_an_auto_run_is_checked_with_its_fitted_anchors(store, c
     with pytest.raises(
         ConfigError, match=r"model.weights='run:\w+': run \w+ is fold 0 .*ratios=\[0.25,0.6\]"
     ):
-        validate(compose_config("cpu", "default", [f"model.weights=run:{parent}"]))
-    validate(compose_config("cpu", "default", [f"model.weights=run:{parent}", "anchors.ratios=[0.3,3]"]))
+        validate(preset_config("cpu", "default", [f"model.weights=run:{parent}"]))
+    validate(preset_config("cpu", "default", [f"model.weights=run:{parent}", "anchors.ratios=[0.3,3]"]))
 
 
 def test_a_fold_loading_run_weights_of_other_anchors_is_told_the_runs_anchors(store, cache, tmp_path):

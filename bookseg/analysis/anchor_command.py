@@ -15,8 +15,8 @@ from typing import TextIO
 import numpy as np
 
 from bookseg.analysis.anchors import AnchorAnalysis, AnchorMatch, analyze_anchors
+from bookseg.config.compose import CONF_DIR
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 PERCENTILES = (0, 5, 25, 50, 75, 95, 100)
 
 
@@ -25,15 +25,11 @@ def config_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def compose_config(model: str = "cpu", anchors: str = "default", overrides=()):
+def preset_config(model: str = "cpu", anchors: str = "default", overrides=()):
     """The composed Hydra config of `model=<model> anchors=<anchors>` (plus `overrides`)."""
-    from hydra import compose, initialize_config_dir
+    from bookseg.config.compose import compose_config
 
-    from bookseg.config.schema import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"model={model}", f"anchors={anchors}", *overrides])
+    return compose_config([f"model={model}", f"anchors={anchors}", *overrides])
 
 
 def model_config(
@@ -42,7 +38,7 @@ def model_config(
     """`MrcnnConfig` of a model and anchors preset, with `scales` / `ratios` replacing the preset's."""
     from bookseg.factory import mrcnn_config
 
-    config = mrcnn_config(compose_config(model, anchors), num_classes)
+    config = mrcnn_config(preset_config(model, anchors), num_classes)
     if scales is not None:
         config = config.replace(rpn_anchor_scales=tuple(float(s) for s in scales))
     if ratios is not None:
@@ -55,7 +51,7 @@ def synthetic_path() -> Path:
     """The default config's synthetic shelves (generated into the cache on first use)."""
     from bookseg.data.synthetic import synthetic_dataset_path
 
-    s = compose_config().data.synthetic
+    s = preset_config().data.synthetic
     cache = os.environ.get("BOOKSEG_CACHE") or str(Path.cwd() / ".cache" / "bookseg")
     return synthetic_dataset_path(Path(cache), s.n_images, s.seed, (s.height, s.width))
 

@@ -14,6 +14,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from bookseg.mrcnn.config import MrcnnConfig
+
 
 @dataclass
 class SyntheticConfig:
@@ -49,39 +51,48 @@ class DataConfig:
     test: TestDataConfig = field(default_factory=TestDataConfig)
 
 
+_MODEL = MrcnnConfig  # defaults (and what each setting means) are declared once, in bookseg/mrcnn/config.py
+
+
 @dataclass
 class ModelConfig:
+    """The `model` group. A field named like an `MrcnnConfig` field is that setting, with its default, and
+    reaches the model by name (`bookseg.factory.mrcnn_config`); the others are `RUNNER_MODEL_FIELDS`."""
+
     name: str = MISSING
-    backbone: str = "resnet101"  # resnet50 | resnet101 | tiny
-    tiny_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
-    image_resize_mode: str = "square"  # square | pad64 (train with square)
-    image_min_dim: int = 800
-    image_max_dim: int = 1024
-    top_down_pyramid_size: int = 256
-    fpn_classif_fc_layers_size: int = 1024
-    rpn_conv_channels: int = 512
-    mask_head_channels: int = 256
-    # frozen_bn (pretrained weights, as matterport) | batch_norm | group_norm (from scratch)
-    norm: str = "frozen_bn"
-    precision: str = "float32"  # float32 | mixed_bfloat16 (bf16 compute, float32 weights and outputs)
-    images_per_batch: int = 2
-    rpn_train_anchors_per_image: int = 256
-    rpn_nms_threshold: float = 0.7
-    pre_nms_limit: int = 6000
-    post_nms_rois_training: int = 2000
-    post_nms_rois_inference: int = 1000
-    train_rois_per_image: int = 200
-    roi_positive_ratio: float = 0.33
-    max_gt_instances: int = 100
-    use_mini_mask: bool = True
-    mini_mask_size: int = 56
-    mask_pool_size: int = 14  # ROI Align size of the mask head; its masks are twice that (28 x 28)
-    detection_max_instances: int = 100
-    detection_min_confidence: float = 0.7
-    detection_nms_threshold: float = 0.3
+    backbone: str = _MODEL.backbone  # resnet50 | resnet101 | tiny
+    tiny_channels: list[int] = field(default_factory=lambda: list(_MODEL.tiny_channels))
+    image_resize_mode: str = _MODEL.image_resize_mode  # square | pad64 (train with square)
+    image_min_dim: int = _MODEL.image_min_dim
+    image_max_dim: int = _MODEL.image_max_dim
+    top_down_pyramid_size: int = _MODEL.top_down_pyramid_size
+    fpn_classif_fc_layers_size: int = _MODEL.fpn_classif_fc_layers_size
+    rpn_conv_channels: int = _MODEL.rpn_conv_channels
+    mask_head_channels: int = _MODEL.mask_head_channels
+    norm: str = _MODEL.norm  # frozen_bn (pretrained weights) | batch_norm | group_norm (from scratch)
+    precision: str = _MODEL.precision  # float32 | mixed_bfloat16 (bf16 compute, float32 weights and outputs)
+    images_per_batch: int = _MODEL.images_per_batch
+    rpn_train_anchors_per_image: int = _MODEL.rpn_train_anchors_per_image
+    rpn_nms_threshold: float = _MODEL.rpn_nms_threshold
+    pre_nms_limit: int = _MODEL.pre_nms_limit
+    post_nms_rois_training: int = _MODEL.post_nms_rois_training
+    post_nms_rois_inference: int = _MODEL.post_nms_rois_inference
+    train_rois_per_image: int = _MODEL.train_rois_per_image
+    roi_positive_ratio: float = _MODEL.roi_positive_ratio
+    max_gt_instances: int = _MODEL.max_gt_instances
+    use_mini_mask: bool = _MODEL.use_mini_mask
+    mini_mask_size: int = _MODEL.mini_mask_shape[0]  # -> mini_mask_shape (square)
+    mask_pool_size: int = _MODEL.mask_pool_size  # ROI Align size of the mask head; its masks are twice that
+    detection_max_instances: int = _MODEL.detection_max_instances
+    detection_min_confidence: float = _MODEL.detection_min_confidence
+    detection_nms_threshold: float = _MODEL.detection_nms_threshold
     # start from: path (h5) | coco | imagenet | run:<run id> (bookseg.mrcnn.pretrained); None: from scratch
     weights: Optional[str] = None
     weights_exclude: list[str] = field(default_factory=list)  # layer names not to load
+
+
+# `model` fields that are not MrcnnConfig fields: the runner's, or mapped to one (mini_mask_size).
+RUNNER_MODEL_FIELDS = ("name", "weights", "weights_exclude", "mini_mask_size")
 
 
 @dataclass

@@ -1,18 +1,14 @@
 """Every experiment and sweep preset composes, passes validation and builds model settings."""
 
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from bookseg import factory
-from bookseg.config.schema import register_configs
+from bookseg.config.compose import CONF_DIR, compose_config
 from bookseg.config.validate import ConfigError, config_warnings, validate
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 REQUIRED = {
     "anchors_small",
     "anchors_tiny",
@@ -31,12 +27,7 @@ REQUIRED = {
     "real_photos_cpu",
 }
 
-register_configs()
-
-
-def _compose(overrides=()):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+_compose = compose_config
 
 
 def test_required_experiments_exist():
@@ -51,7 +42,7 @@ def test_experiment_composes_and_validates(name):
     assert len(config.rpn_anchor_scales) == 5
     stages = factory.stages(cfg)
     assert stages and all(s.epochs >= 1 for s in stages)
-    header = (CONF / "experiment" / f"{name}.yaml").read_text().splitlines()
+    header = (CONF_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()
     assert header[0] == "# @package _global_"
     assert any(line.startswith("# Question:") for line in header[:4])
     assert any(f"+experiment={name}" in line for line in header[:6])
@@ -79,8 +70,7 @@ def test_experiments_change_what_they_say():
 
 @pytest.mark.parametrize("name", ["anchors", "augmentation", "stages", "optuna", "parallel"])
 def test_sweep_presets_compose(name):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"+sweep={name}"], return_hydra_config=True)
+    cfg = compose_config([f"+sweep={name}"], return_hydra_config=True)
     validate(cfg)
 
 
