@@ -1,11 +1,12 @@
 """`tracking.register_model`: the job's model registered in MLflow as a pyfunc that outlines books.
 
-Fast tests (default suite): the response records, the input decoding, and a registered model made by
-`register_job_model` from a hand-built job (an untrained, seeded `tiny` model as its final model, so no
-training) loaded with `mlflow.pyfunc.load_model` and compared with `MaskRCNN.detect`.
+Unit tests: the response records, the input decoding, and a registered model made by `register_job_model`
+from a hand-built job (an untrained, seeded `tiny` model as its final model, so no training) loaded with
+`mlflow.pyfunc.load_model` and compared with `MaskRCNN.detect`.
 
-Slow test: a real job through the CLI with `tracking.register_model=books`, then the real scoring server
-(`mlflow models serve --env-manager local`) answering a curl-style JSON request the same way.
+End to end (about 1-2 minutes, in the default suite because it is what the feature promises): a real job
+through the CLI with `tracking.register_model=books`, then the real scoring server (`mlflow models serve
+--env-manager local`) answering a curl-style JSON request the same way.
 """
 
 from __future__ import annotations
@@ -272,7 +273,6 @@ def _post(url: str, body: dict, timeout: float = 300.0) -> dict:
         return json.loads(response.read())
 
 
-@pytest.mark.slow
 def test_job_registers_its_final_model_and_the_scoring_server_outlines_books(cli):
     train = synthetic_dataset_path(cli.root / "cache", 8, seed=0, image_size=(128, 128))
     test = synthetic_dataset_path(cli.root / "cache", 2, seed=1, image_size=(128, 128))
