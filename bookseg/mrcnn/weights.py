@@ -1,7 +1,7 @@
 """Weight I/O: matterport / legacy Keras h5 files by layer name, and bookseg's own checkpoints.
 
 Legacy h5 layout (Keras 2 `save_weights`, what `mask_rcnn_coco.h5` and the ImageNet ResNet files
-use; contract §1.3, §1.7): the root (or its `model_weights` group in full-model files) has the
+use): the root (or its `model_weights` group in full-model files) has the
 attribute `layer_names`; each name is a group whose attribute `weight_names` lists its arrays in
 legacy order (Conv: kernel, bias; BN: gamma, beta, moving_mean, moving_variance). A nested model
 (`rpn_model`) is one group listing its inner layers' arrays (`rpn_conv_shared/kernel:0`, ...).
