@@ -1,6 +1,6 @@
 """Write image records as a VIA 2.0.x project file that VIA opens and `load_dataset` reads back.
 
-The layout follows docs annotation-formats.md §2 and the writer rules of §7:
+The layout, and the rules VIA itself needs to open the file:
 
 - all five top-level keys (`_via_settings`, `_via_img_metadata`, `_via_attributes`,
   `_via_data_format_version`, `_via_image_id_list`);

@@ -1,6 +1,6 @@
 """One entry point for every annotation format: `load_dataset(path) -> Dataset`.
 
-Formats (auto-detected from the JSON structure, docs/annotation-formats.md):
+Formats (auto-detected from the JSON structure; each reader's docstring gives its layout):
 
 - "via2_project": VIA 2 project file (`_via_img_metadata`);
 - "via3": VIA 3 project (`project` plus `metadata` / `file` / `view`);

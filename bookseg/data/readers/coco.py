@@ -1,4 +1,4 @@
-"""COCO instances JSON (docs/annotation-formats.md section 4).
+"""COCO instances JSON.
 
 `images` [{id, file_name, width, height, ...}], `categories` [{id, name, ...}], `annotations`
 [{id, image_id, category_id, segmentation, iscrowd, ...}]. A segmentation is a list of polygons

@@ -1,4 +1,4 @@
-"""LabelMe JSON, one file per image (docs/annotation-formats.md section 5).
+"""LabelMe JSON, one file per image.
 
 {imagePath, imageHeight, imageWidth, flags, shapes: [{label, points: [[x, y], ...], shape_type,
 group_id, description, mask}]}. `imagePath` is relative to the JSON file (Windows separators are

@@ -1,6 +1,6 @@
 """VGG Image Annotator 1.x / 2.x: JSON exports and VIA 2 project files.
 
-Layouts (docs/annotation-formats.md sections 1-2):
+Layouts:
 
 - VIA 1 export: {image_id: {filename, size, file_attributes, regions: {"0": region, ...}}};
   polygons repeat their first vertex at the end.

@@ -1,6 +1,6 @@
 """VGG Image Annotator 3.x project files (image annotator, `data_format_version` 3.1.x).
 
-Layout (docs/annotation-formats.md section 3): `project.vid_list` orders the views, each view holds
+Layout: `project.vid_list` orders the views, each view holds
 one file (`view[vid].fid_list`), and `metadata` entries {vid, z, xy, av} are either regions
 (`xy = [shape_id, coords...]`) or, with `xy = []`, the file-level attributes. `av` is keyed by
 attribute id (`attribute[aid].aname` is the name); option ids map to labels through
