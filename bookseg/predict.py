@@ -36,6 +36,7 @@ from bookseg.predict_outputs import (
     PredictionWriter,
     check_outputs_free,
 )
+from bookseg.tracking import FINAL
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # A chunk holds at most this many input pixels (besides `batch_size` images): a 12 MP photo goes alone.
@@ -292,7 +293,7 @@ def run_predict_command(args: argparse.Namespace) -> int:
 
 
 def _fold_argument(text: str) -> int | str:
-    if text == "final":
+    if text == FINAL:
         return text
     try:
         return int(text)

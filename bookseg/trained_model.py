@@ -28,8 +28,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from bookseg.tracking import FINAL
+
 BEST_FOLD_METRIC = "mask_ap50"
-FINAL = "final"  # the `fold` tag of a job's final model (cv.final); bookseg.experiment.fold.FINAL
 CLASS_NAMES_ARTIFACT = "class_names.json"
 CONFIG_ARTIFACT = "config.yaml"
 WEIGHTS_ARTIFACT_DIR = "weights"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from bookseg.tracking import FINAL
+
 DEFAULT_EXPERIMENT = "bookseg/default"
 BEST_METRIC = "mask_ap50"
 # Shown first, in this order; other `cv/<name>_mean` metrics follow alphabetically.
@@ -78,9 +80,7 @@ def _run_name(run) -> str:
 
 
 def _load_children(client, children) -> tuple[list[dict[str, float]], dict]:
-    folds = [
-        c for c in children if c.data.tags.get("fold") != "final"
-    ]  # the cv.final model has no fold metrics
+    folds = [c for c in children if c.data.tags.get("fold") != FINAL]  # the final model has no fold metrics
     ordered = sorted(folds, key=lambda c: (c.data.tags.get("fold", ""), c.info.start_time or 0))
     fold_metrics = [dict(c.data.metrics) for c in ordered]
     history = {

@@ -10,7 +10,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from bookseg.data.folds import load_folds, make_folds, save_folds, split
-from bookseg.experiment.fold import FINAL, FOLD_METRICS, run_fold, total_epochs
+from bookseg.experiment.fold import FOLD_METRICS, run_fold, total_epochs
+from bookseg.tracking import FINAL
 from bookseg.tracking.callbacks import JobProgress
 from bookseg.tracking.mlflow_runs import RunState, open_fold_run
 

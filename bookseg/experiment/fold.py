@@ -15,11 +15,11 @@ from bookseg.config.validate import FOLD_METRICS
 from bookseg.data.images import load_image_rgb
 from bookseg.data.records import ImageRecord
 from bookseg.experiment.anchors_fit import fold_anchor_config, ratio_count
+from bookseg.tracking import FINAL
 from bookseg.tracking.callbacks import EpochCheckpoint, JobProgress, MlflowEpochLogger
 from bookseg.tracking.plots import plot_loss_curves
 
 _DETECT_CHUNK = 8  # images per detect() call while evaluating
-FINAL = "final"  # the model trained on every training image after the folds (`cv.final`)
 
 
 def member_name(index: int | str) -> str:

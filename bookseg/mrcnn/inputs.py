@@ -5,7 +5,7 @@ load RGB -> rasterise masks -> augmentation (optional, at the photo's own resolu
 resize, so the window stays exact) -> resize and pad -> drop instances whose mask became empty ->
 subsample to `max_gt_instances` -> boxes from masks -> mini masks -> RPN targets -> image meta.
 
-Batches (`make_dataset`) are dicts keyed by the model's input names (`TRAINING_INPUTS` in bookseg.mrcnn.model):
+Batches (`make_dataset`) are dicts keyed by the model's input names (`INPUT_NAMES`, which `MaskRCNN` takes):
 `input_image`, `input_image_meta`, `input_rpn_match`, `input_rpn_bbox`, `input_gt_class_ids`,
 `input_gt_boxes`, `input_gt_masks`. Examples are built by `tf.data` worker threads
 (`map(numpy_function, num_parallel_calls=AUTOTUNE)`) and prefetched, so loading, augmentation
@@ -29,7 +29,7 @@ from bookseg.mrcnn.rpn_targets import build_rpn_targets
 
 log = logging.getLogger(__name__)
 
-INPUT_NAMES = (
+INPUT_NAMES = (  # the keys of a training batch (`MaskRCNN`: TRAINING_INPUTS)
     "input_image",
     "input_image_meta",
     "input_rpn_match",

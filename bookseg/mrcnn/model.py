@@ -31,20 +31,13 @@ from bookseg.mrcnn.detection import DetectionLayer
 from bookseg.mrcnn.detection_targets import DetectionTargetLayer, max_positive_rois
 from bookseg.mrcnn.fpn import fpn_graph
 from bookseg.mrcnn.heads import apply_head, build_classifier_head, build_mask_head
+from bookseg.mrcnn.inputs import INPUT_NAMES
 from bookseg.mrcnn.normalization import is_norm_layer
 from bookseg.mrcnn.proposals import ProposalLayer, norm_boxes_graph
 from bookseg.mrcnn.roi_align import PyramidROIAlign
 from bookseg.mrcnn.rpn import build_rpn_model, run_rpn
 
-TRAINING_INPUTS = (
-    "input_image",
-    "input_image_meta",
-    "input_rpn_match",
-    "input_rpn_bbox",
-    "input_gt_class_ids",
-    "input_gt_boxes",
-    "input_gt_masks",
-)
+TRAINING_INPUTS = INPUT_NAMES  # the keys of a training batch, as `make_dataset` builds it
 LOG_NAMES = ("loss", *LOSS_NAMES, "l2_loss")
 # The image size must survive 5 halvings (P6) and the FPN's x2 upsamplings exactly.
 SIZE_MULTIPLE = 64

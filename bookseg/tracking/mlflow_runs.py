@@ -18,6 +18,8 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from bookseg.tracking import FINAL
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # Keys that do not change what is trained or where it is tracked stay out of the run key; `data.cache_dir`
 # is covered by the data fingerprint.
@@ -150,11 +152,11 @@ def open_parent_run(
 
 
 def open_fold_run(state: RunState, index: int | str) -> mlflow.ActiveRun:
-    """Start (or reopen) the nested child run of fold `index` (or "final") under the active parent run."""
+    """Start (or reopen) the nested child run of fold `index` (or FINAL) under the active parent run."""
     fold = state.fold(index)
     if fold.get("run_id"):
         return mlflow.start_run(run_id=fold["run_id"], nested=True)
-    run = mlflow.start_run(run_name=f"fold{index}" if isinstance(index, int) else str(index), nested=True)
+    run = mlflow.start_run(run_name=FINAL if index == FINAL else f"fold{index}", nested=True)
     mlflow.set_tag("fold", str(index))
     fold["run_id"] = run.info.run_id
     state.save()

@@ -15,6 +15,7 @@ import pytest
 from bookseg.mrcnn.anchors import pixel_anchors_for
 from bookseg.mrcnn.config import MrcnnConfig
 from bookseg.mrcnn.images import compose_image_meta, minimize_masks, mold_image
+from bookseg.mrcnn.inputs import INPUT_NAMES
 from bookseg.mrcnn.rpn_targets import build_rpn_targets
 
 
@@ -84,18 +85,7 @@ def make_batch(config: MrcnnConfig, images, masks_list, class_ids_list=None, see
     anchors = pixel_anchors_for(config, (height, width))
     max_gt = config.max_gt_instances
     mask_shape = tuple(config.mini_mask_shape) if config.use_mini_mask else (height, width)
-    out = {
-        key: []
-        for key in (
-            "input_image",
-            "input_image_meta",
-            "input_rpn_match",
-            "input_rpn_bbox",
-            "input_gt_class_ids",
-            "input_gt_boxes",
-            "input_gt_masks",
-        )
-    }
+    out = {key: [] for key in INPUT_NAMES}
     for i, (image, masks) in enumerate(zip(images, masks_list)):
         n = masks.shape[-1]
         class_ids = (
