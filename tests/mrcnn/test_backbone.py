@@ -12,7 +12,7 @@ from .conftest import tiny_config
 
 
 def expected_resnet_layers(stage4_blocks: int) -> dict:
-    """Contract §1.3 table: {layer name: [weight shapes]} of the backbone, written from the spec."""
+    """{layer name: [weight shapes]} of the backbone, written from the layer table of docs/mrcnn-contract.md."""
     conv = lambda k, cin, cout: [(k, k, cin, cout), (cout,)]
     bn = lambda c: [(c,)] * 4
     layers = {"conv1": conv(7, 3, 64), "bn_conv1": bn(64)}
