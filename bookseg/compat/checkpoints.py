@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import datetime
 import errno
-import os
 import re
 from pathlib import Path
 
 import keras
 
-SUFFIX = ".weights.h5"
+from bookseg.mrcnn.weights import CHECKPOINT_SUFFIX, find_last_checkpoint, save_checkpoint
+
 # A checkpoint path as matterport writes it (either suffix): groups = the run's timestamp, then the epoch.
 _CHECKPOINT = re.compile(
     r"(?:.*[/\\])?[\w-]+?(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})[/\\]mask_rcnn_[\w-]+_(\d{4})(?:\.weights)?\.h5$"
@@ -34,14 +34,15 @@ def log_dir_for(model_dir, name: str, when: datetime.datetime) -> Path:
     return Path(model_dir) / f"{name}{when:%Y%m%dT%H%M}"
 
 
-def checkpoint_file(log_dir, name: str, epoch: int) -> Path:
-    """`<log_dir>/mask_rcnn_<name>_<epoch:04d>.weights.h5`."""
-    return Path(log_dir) / f"mask_rcnn_{name}_{int(epoch):04d}{SUFFIX}"
+def checkpoint_prefix(name: str) -> str:
+    """`mask_rcnn_<name>_`: the `prefix` of `bookseg.mrcnn.weights` checkpoint names in matterport's naming."""
+    return f"mask_rcnn_{name}_"
 
 
 def checkpoint_template(log_dir, name: str) -> Path:
-    """`checkpoint_file` with an `{epoch:04d}` placeholder (matterport's `checkpoint_path`)."""
-    return Path(log_dir) / f"mask_rcnn_{name}_{{epoch:04d}}{SUFFIX}"
+    """`<log_dir>/mask_rcnn_<name>_{epoch:04d}.weights.h5`, the placeholder left in (matterport's
+    `checkpoint_path`)."""
+    return Path(log_dir) / f"{checkpoint_prefix(name)}{{epoch:04d}}{CHECKPOINT_SUFFIX}"
 
 
 def parse_checkpoint(path) -> tuple[datetime.datetime, int] | None:
@@ -70,16 +71,16 @@ def find_last(model_dir, name: str) -> str:
     )
     if not runs:
         raise FileNotFoundError(errno.ENOENT, f"Could not find model directory under {model_dir}")
-    for run in reversed(runs):
-        checkpoints = sorted(p.name for p in run.iterdir() if p.name.startswith("mask_rcnn") and p.is_file())
-        if checkpoints:
-            return str(run / checkpoints[-1])
+    for run in reversed(runs):  # matterport's own `.h5` checkpoints count too
+        last = find_last_checkpoint(run, prefix=checkpoint_prefix(name), suffixes=(CHECKPOINT_SUFFIX, ".h5"))
+        if last is not None:
+            return str(last[0])
     raise FileNotFoundError(errno.ENOENT, f"Could not find weight files in {runs[-1]}")
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves the weights after every epoch as `checkpoint_file(log_dir, name, epoch + 1)`, atomically
-    (written under a hidden temporary name, then renamed), keeping every epoch as matterport did."""
+    """Saves the weights after every epoch as `<log_dir>/mask_rcnn_<name>_<epoch + 1:04d>.weights.h5`,
+    atomically (`bookseg.mrcnn.weights.save_checkpoint`), keeping every epoch as matterport did."""
 
     def __init__(self, log_dir, name: str):
         super().__init__()
@@ -87,12 +88,4 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.last: Path | None = None
 
     def on_epoch_end(self, epoch, logs=None):
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        final = checkpoint_file(self.log_dir, self.name, epoch + 1)
-        tmp = self.log_dir / f".tmp_{os.getpid()}_{final.name}"
-        try:
-            self.model.save_weights(str(tmp))
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-        self.last = final
+        self.last = save_checkpoint(self.model, self.log_dir, epoch + 1, prefix=checkpoint_prefix(self.name))

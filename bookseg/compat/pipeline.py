@@ -1,27 +1,23 @@
-"""Ground truth and training batches from a matterport `Dataset`, on bookseg's image and target code.
+"""Ground truth and training batches from a matterport `Dataset`, on bookseg's input pipeline.
 
 matterport's data generator does, per image: `load_image_gt` (load, augment, resize, boxes, mini
-masks, image meta) -> `build_rpn_targets` -> `mold_image`. This module does the same with bookseg's
-functions (`bookseg.mrcnn.images`, `rpn_targets`, `bookseg.data.augment.Augmenter`), so a model fed
-from a `Dataset` sees exactly the inputs `bookseg.mrcnn.inputs.make_dataset` builds from records, in
-the same dict layout (`INPUT_NAMES`) and with the same per-example seeding (`example_rng`).
+masks, image meta) -> `build_rpn_targets` -> `mold_image`. Here `Dataset.load_image` / `load_mask`
+feed bookseg's `bookseg.mrcnn.inputs.build_example` (augmentation with `bookseg.data.augment.Augmenter`)
+and `dataset_from_examples`, so a model fed from a `Dataset` sees exactly the inputs
+`bookseg.mrcnn.inputs.make_dataset` builds from records, in the same dict layout (`INPUT_NAMES`) and
+with the same per-example seeding (`example_rng`).
 
 Pixel boxes are (y1, x1, y2, x2) with y2/x2 exclusive, in the frame of the image they come with.
 """
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from bookseg.compat.augmentation import as_augmenter
 from bookseg.compat.config import to_mrcnn_config
-from bookseg.data.records import boxes_from_masks
 from bookseg.mrcnn import images as im
-from bookseg.mrcnn.anchors import pixel_anchors_for
-from bookseg.mrcnn.inputs import INPUT_NAMES, epoch_order, example_rng, input_specs
-from bookseg.mrcnn.rpn_targets import build_rpn_targets
+from bookseg.mrcnn.inputs import build_example, dataset_from_examples, resize_ground_truth
 
 
 def load_instances(dataset, image_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -44,35 +40,6 @@ def load_instances(dataset, image_id: int) -> tuple[np.ndarray, np.ndarray, np.n
             "[H, W, N] masks and N class ids"
         )
     return image, masks.astype(bool, copy=False), class_ids
-
-
-def ground_truth(dataset, config, image_id: int, augmenter=None, rng=None):
-    """One image resized for the network, with its instances (matterport `load_image_gt` on full masks).
-
-    Args:
-        dataset: a prepared `Dataset`.
-        config: `MrcnnConfig`.
-        image_id: internal image id.
-        augmenter: optional `bookseg.data.augment.Augmenter`, applied at the photo's resolution.
-        rng: `np.random.Generator` the augmentation draws from.
-
-    Returns:
-        image uint8 [H, W, 3] resized and padded; image_meta float32 [image_meta_size]; class_ids
-        int32 [N]; boxes int32 [N, 4] molded pixels; masks bool [H, W, N]. Instances whose mask is
-        empty after augmentation and resizing are left out.
-    """
-    image, masks, class_ids = load_instances(dataset, image_id)
-    if augmenter is not None:
-        result = augmenter(image, masks, class_ids, rng=rng)
-        image, masks, class_ids = result.image, result.masks, result.class_ids
-    original_shape = image.shape
-    image, window, scale, padding = im.resize_image(image, config)
-    masks = im.resize_masks(masks, scale, padding)
-    kept = masks.any(axis=(0, 1))
-    masks, class_ids = masks[:, :, kept], class_ids[kept]
-    active = dataset.active_class_ids(image_id, config.num_classes)
-    meta = im.compose_image_meta(image_id, original_shape, image.shape, window, scale, active)
-    return image, meta, class_ids, boxes_from_masks(masks), masks
 
 
 def load_image_gt(dataset, config, image_id, augment=False, augmentation=None, use_mini_mask=False):
@@ -98,68 +65,17 @@ def load_image_gt(dataset, config, image_id, augment=False, augmentation=None, u
 
         augmentation = iaa.Fliplr(0.5)
     mrcnn = to_mrcnn_config(config)
-    image, meta, class_ids, boxes, masks = ground_truth(
-        dataset, mrcnn, image_id, as_augmenter(augmentation), np.random.default_rng()
+    image, meta, class_ids, boxes, masks = resize_ground_truth(
+        *load_instances(dataset, image_id),
+        mrcnn,
+        augment=as_augmenter(augmentation),
+        rng=np.random.default_rng(),
+        image_index=image_id,
+        active_class_ids=dataset.active_class_ids(image_id, mrcnn.num_classes),
     )
     if use_mini_mask:
         masks = im.minimize_masks(boxes, masks, mrcnn.mini_mask_shape)
     return image, meta, class_ids, boxes, masks
-
-
-class ExampleBuilder:
-    """Builds the model inputs of one image (the batch entries without the batch axis).
-
-    Args:
-        dataset: a prepared `Dataset`.
-        config: `MrcnnConfig` (square resize mode for training).
-        augmenter: optional `Augmenter`.
-        no_augmentation_sources: sources whose images are never augmented.
-    """
-
-    def __init__(self, dataset, config, augmenter=None, no_augmentation_sources=()):
-        self.dataset, self.config, self.augmenter = dataset, config, augmenter
-        self.no_augmentation_sources = set(no_augmentation_sources or ())
-        self._anchors: dict = {}
-        self._lock = threading.Lock()
-
-    def anchors(self, shape) -> np.ndarray:
-        key = (int(shape[0]), int(shape[1]))
-        with self._lock:
-            if key not in self._anchors:
-                self._anchors[key] = pixel_anchors_for(self.config, key)
-            return self._anchors[key]
-
-    def __call__(self, image_id: int, rng: np.random.Generator) -> dict:
-        """Model inputs of `image_id`, keyed by `INPUT_NAMES` (shapes as `inputs.input_specs`)."""
-        config = self.config
-        source = self.dataset.image_info[image_id]["source"]
-        augmenter = None if source in self.no_augmentation_sources else self.augmenter
-        image, meta, class_ids, boxes, masks = ground_truth(self.dataset, config, image_id, augmenter, rng)
-        max_gt = int(config.max_gt_instances)
-        if len(class_ids) > max_gt:
-            keep = np.sort(rng.choice(len(class_ids), max_gt, replace=False))
-            class_ids, boxes, masks = class_ids[keep], boxes[keep], masks[:, :, keep]
-        n = len(class_ids)
-        gt_class_ids = np.zeros(max_gt, np.int32)
-        gt_class_ids[:n] = class_ids
-        gt_boxes = np.zeros((max_gt, 4), np.float32)
-        gt_boxes[:n] = boxes
-        if config.use_mini_mask:
-            gt_masks = np.zeros(tuple(config.mini_mask_shape) + (max_gt,), bool)
-            gt_masks[:, :, :n] = im.minimize_masks(boxes, masks, config.mini_mask_shape)
-        else:
-            gt_masks = np.zeros(image.shape[:2] + (max_gt,), bool)
-            gt_masks[:, :, :n] = masks
-        rpn_match, rpn_bbox = build_rpn_targets(self.anchors(image.shape), class_ids, boxes, config, rng)
-        return {
-            "input_image": im.mold_image(image, config),
-            "input_image_meta": meta,
-            "input_rpn_match": rpn_match,
-            "input_rpn_bbox": rpn_bbox,
-            "input_gt_class_ids": gt_class_ids,
-            "input_gt_boxes": gt_boxes,
-            "input_gt_masks": gt_masks,
-        }
 
 
 def make_dataset(dataset, config, *, augmenter=None, no_augmentation_sources=(), shuffle=True, seed=0):
@@ -168,36 +84,30 @@ def make_dataset(dataset, config, *, augmenter=None, no_augmentation_sources=(),
     Every epoch visits each image once, in an order seeded by (seed, epoch); each example draws its
     randomness from (seed, epoch, position), so batches do not depend on thread scheduling.
     Batches hold `config.images_per_batch` examples and run across epoch boundaries.
-    """
-    import tensorflow as tf
 
+    Args:
+        dataset: a prepared `Dataset`.
+        config: `MrcnnConfig` (square resize mode for training).
+        augmenter: optional `Augmenter`.
+        no_augmentation_sources: sources whose images are never augmented.
+        shuffle, seed: as `bookseg.mrcnn.inputs.dataset_from_examples`.
+    """
     image_ids = [int(i) for i in dataset.image_ids]
     if not image_ids:
         raise ValueError("the dataset has no images: call add_image() and prepare() first")
-    build_example = ExampleBuilder(dataset, config, augmenter, no_augmentation_sources)
-    specs = input_specs(config)
+    no_augmentation_sources = set(no_augmentation_sources or ())
 
-    def positions():
-        epoch = 0
-        while True:
-            for position, index in enumerate(epoch_order(len(image_ids), epoch, shuffle=shuffle, seed=seed)):
-                yield np.int64(index), np.int64(epoch), np.int64(position)
-            epoch += 1
+    def example(index: int, rng: np.random.Generator) -> dict:
+        image_id = image_ids[index]
+        source = dataset.image_info[image_id]["source"]
+        return build_example(
+            *load_instances(dataset, image_id),
+            config,
+            augment=None if source in no_augmentation_sources else augmenter,
+            rng=rng,
+            image_index=image_id,
+            active_class_ids=dataset.active_class_ids(image_id, config.num_classes),
+            name=f"image {image_id}",
+        )
 
-    def build(index, epoch, position):
-        example = build_example(image_ids[int(index)], example_rng(seed, int(epoch), int(position)))
-        return tuple(example[name] for name in INPUT_NAMES)
-
-    def to_inputs(index, epoch, position):
-        tout = [tf.as_dtype(specs[name][0]) for name in INPUT_NAMES]
-        arrays = tf.numpy_function(build, [index, epoch, position], tout, stateful=False)
-        out = {}
-        for name, array in zip(INPUT_NAMES, arrays):
-            array.set_shape(specs[name][1])
-            out[name] = array
-        return out
-
-    scalar = tf.TensorSpec((), tf.int64)
-    data = tf.data.Dataset.from_generator(positions, output_signature=(scalar, scalar, scalar))
-    data = data.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return data.batch(int(config.images_per_batch), drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return dataset_from_examples(example, len(image_ids), config, shuffle=shuffle, seed=seed)

@@ -1,11 +1,14 @@
 """Training input pipeline: records -> per-image targets -> batched `tf.data.Dataset` of model inputs.
 
 Per image (`load_training_example`, NumPy, matterport `load_image_gt` + `build_rpn_targets`):
-load RGB -> rasterise masks -> augmentation (optional, at the photo's own resolution, before the
-resize, so the window stays exact) -> resize and pad -> drop instances whose mask became empty ->
-subsample to `max_gt_instances` -> boxes from masks -> mini masks -> RPN targets -> image meta.
+load RGB -> rasterise masks -> `build_example`: augmentation (optional, at the photo's own
+resolution, before the resize, so the window stays exact) -> resize and pad -> drop instances whose
+mask became empty (`resize_ground_truth` up to here) -> subsample to `max_gt_instances` -> boxes from
+masks -> mini masks -> RPN targets -> image meta. Another image source (e.g. `bookseg.compat`'s
+matterport `Dataset`) loads its own image and masks and calls `build_example`.
 
-Batches (`make_dataset`) are dicts keyed by the model's input names (`INPUT_NAMES`, which `MaskRCNN` takes):
+Batches (`make_dataset` for records, `dataset_from_examples` for any per-index example function) are
+dicts keyed by the model's input names (`INPUT_NAMES`, which `MaskRCNN` takes):
 `input_image`, `input_image_meta`, `input_rpn_match`, `input_rpn_bbox`, `input_gt_class_ids`,
 `input_gt_boxes`, `input_gt_masks`. Examples are built by `tf.data` worker threads
 (`map(numpy_function, num_parallel_calls=AUTOTUNE)`) and prefetched, so loading, augmentation
@@ -122,6 +125,163 @@ def _call_augment(augment, image, masks, class_ids, rng):
     return augment(image, masks, class_ids)
 
 
+def resize_ground_truth(
+    image,
+    masks,
+    class_ids,
+    config,
+    *,
+    augment=None,
+    rng=None,
+    image_index: int = 0,
+    active_class_ids=None,
+    stats: PipelineStats | None = None,
+    name: str = "image",
+):
+    """Augment (optionally) and resize one image with its instance masks, and drop emptied instances.
+
+    What matterport's `load_image_gt` returns (with full masks), and the first half of `build_example`.
+
+    Args:
+        image: uint8 [h, w, 3] RGB photo at its own resolution.
+        masks: bool [h, w, n] instance masks of `image`.
+        class_ids: int [n] class ids (negative = crowd).
+        config: `MrcnnConfig`.
+        augment: optional callable `augment(image, masks, class_ids)` returning an object with
+            `.image` uint8 [h', w', 3], `.masks` bool [h', w', n'], `.class_ids` [n'], `.dropped`
+            (int). Called with `rng=` (or `seed=`) too if its signature accepts it. Applied before
+            the resize, so the window stays exact.
+        rng: `np.random.Generator` the augmentation draws from (default: a fresh one).
+        image_index: integer id written into the image meta.
+        active_class_ids: [num_classes] 1/0 flags for the image meta (default: all ones).
+        stats: optional counters updated with what was dropped (`dropped_by_augmentation`,
+            `emptied_by_resize`).
+        name: where the image comes from, for error messages.
+
+    Returns:
+        (image, image_meta, class_ids, boxes, masks): image uint8 [H, W, 3] resized and padded to the
+        network's input size (not molded); image_meta float32 [image_meta_size] (the original shape
+        is the augmented image's); class_ids int [N]; boxes int32 [N, 4] (y1, x1, y2, x2) pixels of
+        `image`, y2/x2 exclusive, tight around the masks; masks bool [H, W, N], none empty.
+    """
+    counts = {}
+    if augment is not None:
+        rng = np.random.default_rng() if rng is None else rng
+        result = _call_augment(augment, image, masks, class_ids, rng)
+        image = np.asarray(result.image)
+        masks = np.asarray(result.masks, bool).reshape(image.shape[0], image.shape[1], -1)
+        class_ids = np.asarray(result.class_ids, np.int32).reshape(-1)
+        counts["dropped_by_augmentation"] = int(getattr(result, "dropped", 0) or 0)
+        if masks.shape[-1] != len(class_ids):
+            raise ValueError(
+                f"{name}: augmentation returned {masks.shape[-1]} masks but {len(class_ids)} class ids"
+            )
+
+    original_shape = image.shape
+    image, window, scale, padding = im.resize_image(image, config, training=True)
+    masks = im.resize_masks(masks, scale, padding)
+
+    boxes = boxes_from_masks(masks)
+    kept = boxes[:, 2] > boxes[:, 0]
+    counts["emptied_by_resize"] = int((~kept).sum())
+    if not kept.all():
+        masks, class_ids, boxes = masks[:, :, kept], class_ids[kept], boxes[kept]
+
+    if active_class_ids is None:
+        active_class_ids = np.ones(config.num_classes)
+    meta = im.compose_image_meta(image_index, original_shape, image.shape, window, scale, active_class_ids)
+    if stats is not None:
+        stats.add(**counts)
+    return image, meta, class_ids, boxes, masks
+
+
+def build_example(
+    image,
+    masks,
+    class_ids,
+    config,
+    *,
+    augment=None,
+    rng=None,
+    image_index: int = 0,
+    active_class_ids=None,
+    stats: PipelineStats | None = None,
+    name: str = "image",
+) -> dict:
+    """The model inputs of one loaded image (the batch entries without the batch axis).
+
+    `resize_ground_truth` (augmentation, resize, emptied instances dropped), then subsampling to
+    `config.max_gt_instances`, padding, mini masks, RPN targets and molding. `rng` is drawn from in
+    this order: augmentation, subsampling, RPN negatives; so a per-example generator makes the
+    example reproducible.
+
+    Args:
+        image: uint8 [h, w, 3] RGB photo at its own resolution.
+        masks: bool [h, w, n] instance masks of `image` (n may be 0).
+        class_ids: int [n] class ids (negative = crowd).
+        config: `MrcnnConfig`.
+        augment, image_index, active_class_ids, name: as `resize_ground_truth`.
+        rng: `np.random.Generator` for the augmentation, subsampling and RPN negatives.
+        stats: optional counters updated with what was built and dropped.
+
+    Returns:
+        dict of NumPy arrays: input_image float32 [H, W, 3] molded; input_image_meta float32
+        [image_meta_size]; input_rpn_match int32 [A]; input_rpn_bbox float32
+        [rpn_train_anchors_per_image, 4]; input_gt_class_ids int32 [max_gt] (negative = crowd,
+        0 = padding); input_gt_boxes float32 [max_gt, 4] molded-image pixels (y1, x1, y2, x2),
+        y2/x2 exclusive; input_gt_masks bool [mh, mw, max_gt] mini masks (or [H, W, max_gt]
+        full masks when `config.use_mini_mask` is False).
+    """
+    rng = np.random.default_rng() if rng is None else rng
+    stats = PipelineStats() if stats is None else stats
+    image, meta, class_ids, boxes, masks = resize_ground_truth(
+        image,
+        masks,
+        class_ids,
+        config,
+        augment=augment,
+        rng=rng,
+        image_index=image_index,
+        active_class_ids=active_class_ids,
+        stats=stats,
+        name=name,
+    )
+
+    max_gt = int(config.max_gt_instances)
+    dropped_over_max = 0
+    if len(class_ids) > max_gt:
+        keep = np.sort(rng.choice(len(class_ids), max_gt, replace=False))
+        dropped_over_max = len(class_ids) - max_gt
+        masks, class_ids, boxes = masks[:, :, keep], class_ids[keep], boxes[keep]
+
+    n = len(class_ids)
+    stats.add(images=1, images_without_instances=not (class_ids > 0).any(), dropped_over_max=dropped_over_max)
+
+    gt_class_ids = np.zeros(max_gt, np.int32)
+    gt_class_ids[:n] = class_ids
+    gt_boxes = np.zeros((max_gt, 4), np.float32)
+    gt_boxes[:n] = boxes
+    if config.use_mini_mask:
+        gt_masks = np.zeros(tuple(config.mini_mask_shape) + (max_gt,), bool)
+        gt_masks[:, :, :n] = im.minimize_masks(boxes, masks, config.mini_mask_shape)
+    else:
+        gt_masks = np.zeros(image.shape[:2] + (max_gt,), bool)
+        gt_masks[:, :, :n] = masks
+
+    rpn_match, rpn_bbox = build_rpn_targets(
+        _pixel_anchors(config, image.shape), class_ids, boxes, config, rng
+    )
+    return {
+        "input_image": im.mold_image(image, config),
+        "input_image_meta": meta,
+        "input_rpn_match": rpn_match,
+        "input_rpn_bbox": rpn_bbox,
+        "input_gt_class_ids": gt_class_ids,
+        "input_gt_boxes": gt_boxes,
+        "input_gt_masks": gt_masks,
+    }
+
+
 def load_training_example(
     record,
     config,
@@ -132,26 +292,21 @@ def load_training_example(
     image_index: int = 0,
     stats: PipelineStats | None = None,
 ) -> dict:
-    """Build the model inputs of one image (the batch entries without the batch axis).
+    """Build the model inputs of one record: load and check its image and masks, then `build_example`.
 
     Args:
         record: `bookseg.data.records.ImageRecord`.
         config: `MrcnnConfig`.
         class_ids_by_name: class name -> id (index in class_names + 1; 0 is background).
-        augment: optional callable `augment(image, masks, class_ids)` returning an object with
-            `.image` uint8 [h, w, 3], `.masks` bool [h, w, n], `.class_ids` [n], `.dropped` (int).
-            Called with `rng=` (or `seed=`) too if its signature accepts it.
-        rng: `np.random.Generator` for subsampling and RPN negatives (and the augmentation).
+        augment: optional augmentation hook (see `resize_ground_truth`).
+        rng: `np.random.Generator` for the augmentation, subsampling and RPN negatives.
         image_index: integer id written into the image meta.
         stats: optional counters updated with what was dropped.
 
     Returns:
-        dict of NumPy arrays: input_image float32 [H, W, 3] molded; input_image_meta float32
-        [image_meta_size]; input_rpn_match int32 [A]; input_rpn_bbox float32
-        [rpn_train_anchors_per_image, 4]; input_gt_class_ids int32 [max_gt] (negative = crowd,
-        0 = padding); input_gt_boxes float32 [max_gt, 4] molded-image pixels (y1, x1, y2, x2),
-        y2/x2 exclusive; input_gt_masks bool [mh, mw, max_gt] mini masks (or [H, W, max_gt]
-        full masks when `config.use_mini_mask` is False).
+        dict of NumPy arrays keyed by `INPUT_NAMES` (dtypes and shapes as `build_example`). Crowd
+        instances get negative class ids; masks empty inside the image are left out (counted as
+        `empty_in_annotation` and warned about once).
     """
     rng = np.random.default_rng() if rng is None else rng
     stats = PipelineStats() if stats is None else stats
@@ -177,66 +332,20 @@ def load_training_example(
         )
     if empty.any():
         masks, class_ids = masks[:, :, ~empty], class_ids[~empty]
-    counts = {"empty_in_annotation": int(empty.sum())}
 
-    if augment is not None:
-        result = _call_augment(augment, image, masks, class_ids, rng)
-        image = np.asarray(result.image)
-        masks = np.asarray(result.masks, bool).reshape(image.shape[0], image.shape[1], -1)
-        class_ids = np.asarray(result.class_ids, np.int32).reshape(-1)
-        counts["dropped_by_augmentation"] = int(getattr(result, "dropped", 0) or 0)
-        if masks.shape[-1] != len(class_ids):
-            raise ValueError(
-                f"{record.where()}: augmentation returned {masks.shape[-1]} masks but "
-                f"{len(class_ids)} class ids"
-            )
-
-    original_shape = image.shape
-    image, window, scale, padding = im.resize_image(image, config, training=True)
-    masks = im.resize_masks(masks, scale, padding)
-
-    boxes = boxes_from_masks(masks)
-    kept = boxes[:, 2] > boxes[:, 0]
-    counts["emptied_by_resize"] = int((~kept).sum())
-    if not kept.all():
-        masks, class_ids, boxes = masks[:, :, kept], class_ids[kept], boxes[kept]
-
-    max_gt = int(config.max_gt_instances)
-    if len(class_ids) > max_gt:
-        keep = np.sort(rng.choice(len(class_ids), max_gt, replace=False))
-        counts["dropped_over_max"] = len(class_ids) - max_gt
-        masks, class_ids, boxes = masks[:, :, keep], class_ids[keep], boxes[keep]
-
-    n = len(class_ids)
-    counts["images_without_instances"] = int(not (class_ids > 0).any())
-    stats.add(images=1, **counts)
-
-    gt_class_ids = np.zeros(max_gt, np.int32)
-    gt_class_ids[:n] = class_ids
-    gt_boxes = np.zeros((max_gt, 4), np.float32)
-    gt_boxes[:n] = boxes
-    if config.use_mini_mask:
-        gt_masks = np.zeros(tuple(config.mini_mask_shape) + (max_gt,), bool)
-        gt_masks[:, :, :n] = im.minimize_masks(boxes, masks, config.mini_mask_shape)
-    else:
-        gt_masks = np.zeros(image.shape[:2] + (max_gt,), bool)
-        gt_masks[:, :, :n] = masks
-
-    rpn_match, rpn_bbox = build_rpn_targets(
-        _pixel_anchors(config, image.shape), class_ids, boxes, config, rng
+    example = build_example(
+        image,
+        masks,
+        class_ids,
+        config,
+        augment=augment,
+        rng=rng,
+        image_index=image_index,
+        stats=stats,
+        name=record.where(),
     )
-    meta = im.compose_image_meta(
-        image_index, original_shape, image.shape, window, scale, np.ones(config.num_classes)
-    )
-    return {
-        "input_image": im.mold_image(image, config),
-        "input_image_meta": meta,
-        "input_rpn_match": rpn_match,
-        "input_rpn_bbox": rpn_bbox,
-        "input_gt_class_ids": gt_class_ids,
-        "input_gt_boxes": gt_boxes,
-        "input_gt_masks": gt_masks,
-    }
+    stats.add(empty_in_annotation=int(empty.sum()))
+    return example
 
 
 def epoch_order(n_records: int, epoch: int, *, shuffle: bool, seed: int) -> np.ndarray:
@@ -271,36 +380,28 @@ def input_specs(config):
     }
 
 
-def make_dataset(
-    records,
-    config,
-    class_names,
-    *,
-    augment=None,
-    shuffle=True,
-    seed=0,
-    repeat=True,
-    deterministic=True,
-    stats: PipelineStats | None = None,
+def dataset_from_examples(
+    example_fn, n_examples: int, config, *, shuffle=True, seed=0, repeat=True, deterministic=True
 ):
-    """A `tf.data.Dataset` of training batches (dicts keyed by `INPUT_NAMES`).
+    """A `tf.data.Dataset` of training batches (dicts keyed by `INPUT_NAMES`) built by `example_fn`.
 
     Batches hold `config.images_per_batch` examples, with static shapes in "square" mode. Each epoch
-    visits every record once, in an order seeded by (seed, epoch); every example draws its
-    randomness from (seed, epoch, position), so the same seed gives the same batches, whatever the
-    thread scheduling, when `deterministic` is True (with False, batches may be assembled out of
-    order for speed).
+    visits every index once, in an order seeded by (seed, epoch); every example draws its
+    randomness from `example_rng(seed, epoch, position)`, so the same seed gives the same batches,
+    whatever the thread scheduling, when `deterministic` is True (with False, batches may be
+    assembled out of order for speed).
 
     Args:
-        records: list of `ImageRecord`.
+        example_fn: `example_fn(index, rng)` -> dict of NumPy arrays keyed by `INPUT_NAMES`, with
+            the dtypes and per-example shapes of `input_specs(config)` (e.g. `build_example`'s);
+            `index` is an int in [0, n_examples), `rng` an `np.random.Generator`. Called from
+            `tf.data` worker threads, concurrently.
+        n_examples: number of indices (examples per epoch).
         config: `MrcnnConfig`.
-        class_names: foreground class names; class id = index + 1.
-        augment: optional augmentation hook (see `load_training_example`).
-        shuffle: reshuffle the records every epoch.
+        shuffle: reshuffle the indices every epoch.
         seed: seed of the order and of every example's randomness.
         repeat: loop over epochs forever (for `fit` with steps_per_epoch); False = one epoch.
         deterministic: keep the output order of the parallel map.
-        stats: optional `PipelineStats` to collect drop counts into.
 
     Returns:
         `tf.data.Dataset`. The last incomplete batch of an epoch is dropped when `repeat` is False
@@ -309,18 +410,13 @@ def make_dataset(
     """
     import tensorflow as tf
 
-    records = list(records)
-    if not records:
-        raise ValueError("make_dataset: no records")
-    class_ids_by_name = {name: i + 1 for i, name in enumerate(class_names)}
     specs = input_specs(config)
     batch = int(config.images_per_batch)
-    n = len(records)
+    n = int(n_examples)
     if not repeat and n % batch:
         log.warning(
             "make_dataset: %d images do not fill batches of %d; the last %d are left out", n, batch, n % batch
         )
-    stats = PipelineStats() if stats is None else stats
 
     def positions():
         epoch = 0
@@ -333,15 +429,7 @@ def make_dataset(
                 return
 
     def build(index, epoch, position):
-        example = load_training_example(
-            records[int(index)],
-            config,
-            class_ids_by_name,
-            augment=augment,
-            rng=example_rng(seed, int(epoch), int(position)),
-            image_index=int(index),
-            stats=stats,
-        )
+        example = example_fn(int(index), example_rng(seed, int(epoch), int(position)))
         return tuple(example[name] for name in INPUT_NAMES)
 
     scalar = tf.TensorSpec((), tf.int64)
@@ -361,3 +449,51 @@ def make_dataset(
     if not repeat:  # a known length lets Keras iterate one pass per epoch without "ran out of data" warnings
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(n // batch))
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def make_dataset(
+    records,
+    config,
+    class_names,
+    *,
+    augment=None,
+    shuffle=True,
+    seed=0,
+    repeat=True,
+    deterministic=True,
+    stats: PipelineStats | None = None,
+):
+    """A `tf.data.Dataset` of training batches from records (`dataset_from_examples` over
+    `load_training_example`; the record index is the image id in the image meta).
+
+    Args:
+        records: list of `ImageRecord`.
+        config: `MrcnnConfig`.
+        class_names: foreground class names; class id = index + 1.
+        augment: optional augmentation hook (see `resize_ground_truth`).
+        shuffle, seed, repeat, deterministic: as `dataset_from_examples`.
+        stats: optional `PipelineStats` to collect drop counts into.
+
+    Returns:
+        `tf.data.Dataset` of dicts keyed by `INPUT_NAMES` (see `dataset_from_examples`).
+    """
+    records = list(records)
+    if not records:
+        raise ValueError("make_dataset: no records")
+    class_ids_by_name = {name: i + 1 for i, name in enumerate(class_names)}
+    stats = PipelineStats() if stats is None else stats
+
+    def example(index: int, rng: np.random.Generator) -> dict:
+        return load_training_example(
+            records[index],
+            config,
+            class_ids_by_name,
+            augment=augment,
+            rng=rng,
+            image_index=index,
+            stats=stats,
+        )
+
+    return dataset_from_examples(
+        example, len(records), config, shuffle=shuffle, seed=seed, repeat=repeat, deterministic=deterministic
+    )

@@ -28,7 +28,8 @@ import numpy as np
 # Layers whose shapes depend on the number of classes (matterport's standard exclude list, minus
 # the weightless `mrcnn_bbox` reshape).
 CLASS_HEADS = ("mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_mask")
-CHECKPOINT_PATTERN = re.compile(r"^mask_rcnn_(\d+)\.weights\.h5$")
+CHECKPOINT_PREFIX = "mask_rcnn_"  # checkpoint names: <prefix><epoch:04d><suffix>
+CHECKPOINT_SUFFIX = ".weights.h5"  # Keras 3 `save_weights` accepts no other suffix
 _KERAS3_RESNET = re.compile(r"^conv(\d)_block(\d+)_(\d)_(conv|bn)$")
 _BRANCH = {"0": "branch1", "1": "branch2a", "2": "branch2b", "3": "branch2c"}
 
@@ -360,19 +361,20 @@ def save_legacy_weights(model_or_layers, path) -> Path:
     return path
 
 
-def checkpoint_path(directory, epoch: int) -> Path:
-    return Path(directory) / f"mask_rcnn_{int(epoch):04d}.weights.h5"
+def checkpoint_path(directory, epoch: int, *, prefix: str = CHECKPOINT_PREFIX) -> Path:
+    """`directory/<prefix><epoch:04d>.weights.h5` (default prefix "mask_rcnn_")."""
+    return Path(directory) / f"{prefix}{int(epoch):04d}{CHECKPOINT_SUFFIX}"
 
 
-def save_checkpoint(model, directory, epoch: int) -> Path:
-    """Save `model`'s weights as `directory/mask_rcnn_{epoch:04d}.weights.h5`, atomically.
+def save_checkpoint(model, directory, epoch: int, *, prefix: str = CHECKPOINT_PREFIX) -> Path:
+    """Save `model`'s weights as `checkpoint_path(directory, epoch, prefix=prefix)`, atomically.
 
     The file is written under a temporary name in the same directory and renamed, so a crash never
-    leaves a half-written checkpoint under the real name.
+    leaves a half-written checkpoint under the real name. Returns the checkpoint's path.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_path(directory, epoch)
+    final = checkpoint_path(directory, epoch, prefix=prefix)
     tmp = directory / f".tmp_{os.getpid()}_{final.name}"  # Keras 3 wants the .weights.h5 suffix
     try:
         model.save_weights(str(tmp))
@@ -383,14 +385,21 @@ def save_checkpoint(model, directory, epoch: int) -> Path:
     return final
 
 
-def find_last_checkpoint(directory) -> tuple[Path, int] | None:
-    """(path, epoch) of the checkpoint with the highest epoch in `directory`, or None."""
+def find_last_checkpoint(
+    directory, *, prefix: str = CHECKPOINT_PREFIX, suffixes=(CHECKPOINT_SUFFIX,)
+) -> tuple[Path, int] | None:
+    """(path, epoch) of the checkpoint with the highest epoch in `directory`, or None.
+
+    Checkpoints are the files named `<prefix><digits><suffix>` for one of `suffixes` (e.g. also
+    ".h5" to find matterport's legacy checkpoints); between equal epochs the greater name wins.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         return None
+    pattern = re.compile(f"^{re.escape(prefix)}(\\d+)(?:{'|'.join(map(re.escape, suffixes))})$")
     found = []
     for path in directory.iterdir():
-        match = CHECKPOINT_PATTERN.match(path.name)
+        match = pattern.match(path.name)
         if match and path.is_file():
             found.append((int(match.group(1)), path))
     if not found:

@@ -11,7 +11,17 @@ from bookseg.data.records import ImageRecord, Instance, boxes_from_masks
 from bookseg.mrcnn import images as im
 from bookseg.mrcnn.anchors import pixel_anchors_for
 from bookseg.mrcnn.config import MrcnnConfig
-from bookseg.mrcnn.inputs import INPUT_NAMES, PipelineStats, load_training_example, make_dataset
+from bookseg.mrcnn.inputs import (
+    INPUT_NAMES,
+    PipelineStats,
+    build_example,
+    dataset_from_examples,
+    epoch_order,
+    example_rng,
+    load_training_example,
+    make_dataset,
+    resize_ground_truth,
+)
 
 CLASSES = {"book": 1, "magazine": 2}
 # 64 x 96 images: scale 1 (min side 64 = image_min_dim), placed at (32, 16) in the 128² square.
@@ -242,3 +252,66 @@ def test_dataset_single_pass_in_order(tmp_path):
     assert list(ids) == [0, 1, 2, 3]
     # Image 1 has a book, image 0 none.
     assert batches[0]["input_gt_class_ids"][0].sum() == 0 and batches[0]["input_gt_class_ids"][1, 0] == 1
+
+
+def test_build_example_is_load_training_example_after_loading(two_books):
+    record, image = two_books
+    stats = PipelineStats()
+    by_record = load_training_example(record, CONFIG, CLASSES, rng=np.random.default_rng(5), image_index=2)
+    by_arrays = build_example(
+        image,
+        record.masks(),
+        record.class_ids(CLASSES),
+        CONFIG,
+        rng=np.random.default_rng(5),
+        image_index=2,
+        active_class_ids=[1, 1, 0],
+        stats=stats,
+    )
+    for name in INPUT_NAMES:
+        if name != "input_image_meta":
+            np.testing.assert_array_equal(by_arrays[name], by_record[name], err_msg=name)
+    meta = im.parse_image_meta(by_arrays["input_image_meta"])
+    assert meta["image_id"] == 2
+    np.testing.assert_array_equal(meta["active_class_ids"], [1, 1, 0])
+    assert stats.images == 1 and stats.empty_in_annotation == 0
+
+
+def test_resize_ground_truth_keeps_full_masks_and_drops_emptied(two_books):
+    record, image = two_books
+    masks = np.concatenate([record.masks(), np.zeros((64, 96, 1), bool)], axis=2)  # + an empty mask
+    stats = PipelineStats()
+    resized, meta, class_ids, boxes, masks = resize_ground_truth(
+        image, masks, np.array([1, 2, 1], np.int32), CONFIG, image_index=7, stats=stats
+    )
+    assert resized.dtype == np.uint8 and resized.shape == (128, 128, 3)
+    np.testing.assert_array_equal(resized[32:96, 16:112], image)
+    assert masks.shape == (128, 128, 2) and stats.emptied_by_resize == 1
+    np.testing.assert_array_equal(class_ids, [1, 2])
+    np.testing.assert_array_equal(boxes, [[37, 26, 77, 46], [52, 66, 92, 106]])
+    np.testing.assert_array_equal(boxes, boxes_from_masks(masks))
+    meta = im.parse_image_meta(meta)
+    assert meta["image_id"] == 7
+    np.testing.assert_array_equal(meta["window"], [32, 16, 96, 112])
+
+
+def test_dataset_from_examples_seeds_each_example_by_epoch_and_position(tmp_path):
+    records = _records_for_dataset(tmp_path, n=4)
+    calls = []
+
+    def example(index, rng):
+        calls.append(index)
+        return load_training_example(records[index], CONFIG, CLASSES, rng=rng, image_index=index)
+
+    batches = _take(dataset_from_examples(example, 4, CONFIG, seed=3, repeat=False), 10)
+    assert len(batches) == 2 and sorted(calls) == [0, 1, 2, 3]
+    # The same batches as make_dataset over the records: same order, same per-example randomness.
+    same = _take(make_dataset(records, CONFIG, ["book", "magazine"], seed=3, repeat=False), 10)
+    for x, y in zip(batches, same):
+        for name in INPUT_NAMES:
+            np.testing.assert_array_equal(x[name], y[name])
+    order = epoch_order(4, 0, shuffle=True, seed=3)
+    ids = np.concatenate([b["input_image_meta"][:, 0] for b in batches]).astype(int)
+    assert list(ids) == list(order)
+    first = load_training_example(records[order[0]], CONFIG, CLASSES, rng=example_rng(3, 0, 0))
+    np.testing.assert_array_equal(batches[0]["input_rpn_match"][0], first["input_rpn_match"])

@@ -7,6 +7,7 @@ import pytest
 
 from bookseg.mrcnn.weights import (
     WeightLoadError,
+    checkpoint_path,
     find_last_checkpoint,
     keras3_resnet_name,
     load_checkpoint,
@@ -330,6 +331,25 @@ def test_crash_while_saving_leaves_no_checkpoint(tmp_path, monkeypatch):
         save_checkpoint(model, tmp_path, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask_rcnn_0001.weights.h5"]
     assert find_last_checkpoint(tmp_path) == (tmp_path / "mask_rcnn_0001.weights.h5", 1)
+
+
+def test_checkpoint_prefix_and_suffixes(tmp_path):
+    model = _small_model(0)
+    save_checkpoint(model, tmp_path, 7)  # default prefix: ignored by the prefixed search below
+    for epoch in (2, 3):
+        path = save_checkpoint(model, tmp_path, epoch, prefix="mask_rcnn_book_")
+    assert (
+        path
+        == checkpoint_path(tmp_path, 3, prefix="mask_rcnn_book_")
+        == tmp_path / "mask_rcnn_book_0003.weights.h5"
+    )
+    assert find_last_checkpoint(tmp_path, prefix="mask_rcnn_book_") == (path, 3)
+    assert find_last_checkpoint(tmp_path) == (tmp_path / "mask_rcnn_0007.weights.h5", 7)
+    (tmp_path / "mask_rcnn_book_0004.h5").write_bytes(b"")  # a matterport (Keras 2) checkpoint
+    assert find_last_checkpoint(tmp_path, prefix="mask_rcnn_book_") == (path, 3)
+    found = find_last_checkpoint(tmp_path, prefix="mask_rcnn_book_", suffixes=(".weights.h5", ".h5"))
+    assert found == (tmp_path / "mask_rcnn_book_0004.h5", 4)
+    assert find_last_checkpoint(tmp_path, prefix="mask_rcnn_dvd_") is None
 
 
 def test_incompatible_checkpoint_raises_weight_load_error(tmp_path):
