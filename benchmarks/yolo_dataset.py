@@ -74,7 +74,7 @@ def compose_config(overrides: list[str]):
     """
     from omegaconf import OmegaConf
 
-    from bookseg.trained_model import default_config
+    from bookseg.inference.trained_model import default_config
 
     cfg = default_config(overrides)
     if OmegaConf.is_interpolation(cfg.data, "cache_dir"):

@@ -1,15 +1,21 @@
-"""The `bookseg` command: a dispatcher over subcommands (`bookseg data check PATH`, ...).
+"""The `bookseg` command: a dispatcher over subcommands (`bookseg data check PATH`, `bookseg predict`,
+`bookseg export`, `bookseg anchors`, `bookseg report`).
 
-Each command group is added by one `_add_<group>_commands(subparsers)` function that registers
-its subparsers with `set_defaults(handler=...)`; a handler takes the parsed arguments and returns
-the exit code. Handlers import their modules lazily, so `bookseg --help` and light commands do not
-import TensorFlow.
+All argparse wiring of the package lives here: each command group is added by one
+`_add_<group>_commands(subparsers)` function that registers its subparsers with
+`set_defaults(handler=...)`; a handler turns the parsed arguments into plain Python arguments of a
+library function, prints its result and returns the exit code. Handlers import their modules lazily,
+so `bookseg --help` and light commands do not import TensorFlow.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
+
+from bookseg.mrcnn.config import PRECISIONS
+from bookseg.tracking import FINAL
 
 
 def _run_data_check(args: argparse.Namespace) -> int:
@@ -45,21 +51,130 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     check.set_defaults(handler=_run_data_check)
 
 
-def _run_predict(args: argparse.Namespace) -> int:
-    from bookseg.predict import run_predict_command
+def _fold_argument(text: str) -> int | str:
+    if text == FINAL:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a fold number or 'final'") from None
 
-    return run_predict_command(args)
+
+def _add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """--run / --weights (one required), --config, --fold, --tracking-uri, --class-names, --precision."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--run",
+        metavar="RUN_ID",
+        help="MLflow run id: an experiment job (parent run) or one of its fold runs",
+    )
+    source.add_argument("--weights", metavar="FILE", help="weights file (.weights.h5 as the runner logs it)")
+    parser.add_argument(
+        "--config",
+        metavar="CONFIG_YAML",
+        help="with --weights: the config.yaml the run logged (default: the cpu model)",
+    )
+    parser.add_argument(
+        "--fold",
+        type=_fold_argument,
+        metavar="K",
+        help="with a parent --run: fold whose weights to use, or 'final' (default: the final model when the "
+        "job trained one with cv.final=true, else the best fold by mask_ap50)",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+    parser.add_argument(
+        "--class-names", metavar="A,B", help="comma-separated class names (default: from the run / config)"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="compute precision (default: the run's model.precision); mixed_bfloat16 is about 1.7x faster "
+        "on CPUs with AVX512_BF16 or AMX, see docs/performance.md",
+    )
+
+
+def _load_trained(args: argparse.Namespace):
+    """`TrainedModel` from the --run / --weights / --config / --fold / --class-names / --precision arguments."""
+    from bookseg.inference.trained_model import load_from_run, load_from_weights
+
+    class_names = [n.strip() for n in args.class_names.split(",") if n.strip()] if args.class_names else None
+    if args.run:
+        if args.config:
+            raise ValueError("--config goes with --weights; a run brings its own config")
+        return load_from_run(
+            args.run,
+            fold=args.fold,
+            tracking_uri=args.tracking_uri,
+            class_names=class_names,
+            precision=args.precision,
+        )
+    if args.fold is not None:
+        raise ValueError("--fold goes with --run")
+    return load_from_weights(
+        args.weights, config_path=args.config, class_names=class_names, precision=args.precision
+    )
+
+
+def _with_trained_model(args: argparse.Namespace, command: str, work) -> int:
+    """Shared body of the model-using handlers: load the model named by the model-source arguments, print
+    which it is, run `work(trained)` and print the text it returns. A bad model source, existing outputs,
+    a missing file or a bad value print `bookseg <command>: error: ...` and give exit code 2."""
+    from bookseg.inference.trained_model import ModelSourceError
+
+    try:
+        trained = _load_trained(args)
+        print(f"model: {trained.source}; classes {trained.class_names}", flush=True)
+        message = work(trained)
+    except (ModelSourceError, FileExistsError, FileNotFoundError, ValueError) as error:
+        print(f"bookseg {command}: error: {error}", file=sys.stderr)
+        return 2
+    print(message)
+    return 0
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from bookseg.inference.predict import predict_paths
+
+    def predict(trained) -> str:
+        return predict_paths(
+            trained.model,
+            trained.class_names,
+            args.paths,
+            args.out,
+            min_confidence=args.min_confidence,
+            max_instances=args.max_instances,
+            batch_size=args.batch_size,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        ).text()
+
+    return _with_trained_model(args, "predict", predict)
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from bookseg.export import run_export_command
+    from bookseg.inference.export import METADATA_FILE, export_saved_model
 
-    return run_export_command(args)
+    def export(trained) -> str:
+        out = export_saved_model(
+            trained.model,
+            args.out,
+            class_names=trained.class_names,
+            min_confidence=args.min_confidence,
+            max_instances=args.max_instances,
+            source=trained.source,
+            cfg=trained.cfg,
+            overwrite=args.overwrite,
+        )
+        return f"SavedModel written to {out} (signature serving_default; see {out / METADATA_FILE})"
+
+    return _with_trained_model(args, "export", export)
 
 
 def _add_predict_commands(commands: argparse._SubParsersAction) -> None:
-    from bookseg.predict import add_export_arguments, add_predict_arguments
-
     predict = commands.add_parser(
         "predict",
         help="outline the books in photos with a trained model (overlays, COCO JSON, counts CSV, VIA project)",
@@ -67,21 +182,55 @@ def _add_predict_commands(commands: argparse._SubParsersAction) -> None:
         "files and folders; write overlays/, predictions_coco.json + images.json, counts.csv and "
         "via_project.json into --out.",
     )
-    add_predict_arguments(predict)
+    predict.add_argument(
+        "paths", nargs="+", metavar="PATH", help="image files and folders (searched recursively)"
+    )
+    _add_model_source_arguments(predict)
+    predict.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    predict.add_argument(
+        "--min-confidence", type=float, default=0.5, metavar="P", help="minimum detection score (default 0.5)"
+    )
+    predict.add_argument(
+        "--max-instances",
+        type=int,
+        metavar="N",
+        help="maximum books per image (default: the model's detection_max_instances)",
+    )
+    predict.add_argument(
+        "--batch-size", type=int, metavar="N", help="images per detect call (default: model's)"
+    )
+    predict.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     predict.set_defaults(handler=_run_predict)
+
     export = commands.add_parser(
         "export",
         help="export a trained model as a TensorFlow SavedModel (one image in; boxes, scores, masks out)",
         description="Write a SavedModel whose serving_default signature takes a uint8 [H, W, 3] image and "
         "returns boxes, class_ids, scores, full-size masks and num_detections.",
     )
-    add_export_arguments(export)
+    _add_model_source_arguments(export)
+    export.add_argument("--out", required=True, metavar="DIR", help="SavedModel folder")
+    export.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.5,
+        metavar="P",
+        help="minimum detection score baked into the model (default 0.5)",
+    )
+    export.add_argument(
+        "--max-instances",
+        type=int,
+        metavar="N",
+        help="maximum detections (default: the model's detection_max_instances)",
+    )
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace an existing, non-empty --out folder"
+    )
     export.set_defaults(handler=_run_export)
 
 
 def _run_anchors(args: argparse.Namespace) -> int:
-    import sys
-
     from bookseg.analysis.anchor_command import run_anchors
 
     try:
@@ -105,9 +254,26 @@ def _run_anchors(args: argparse.Namespace) -> int:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from bookseg.analysis.report import run_report_command
+    from bookseg.analysis.report import build_report
 
-    return run_report_command(args)
+    try:
+        report = build_report(
+            experiment=args.experiment,
+            runs=args.runs,
+            tracking_uri=args.tracking_uri,
+            out=args.out,
+            overwrite=args.overwrite,
+        )
+    except ValueError as error:
+        print(f"bookseg report: error: {error}", file=sys.stderr)
+        return 2
+    print(report.markdown)
+    if report.note:
+        print(f"note: {report.note}")
+    print(
+        f"report written to {report.folder / 'report.md'} (plots: {', '.join(p.name for p in report.plots)})"
+    )
+    return 0
 
 
 def _config_names(group: str) -> list[str]:

@@ -41,9 +41,9 @@ from bookseg.data.folds import assign_groups, make_folds
 from bookseg.data.images import load_image_rgb
 from bookseg.data.readers import read_dataset
 from bookseg.data.synthetic import synthetic_dataset_path
+from bookseg.data.viz import draw_instances
 from bookseg.mrcnn.config import MrcnnConfig
 from bookseg.mrcnn.images import paste_masks
-from bookseg.viz import draw_instances
 
 # %% tags=["parameters"]
 DATA_PATH = None  # annotation file (VIA 1/2/3, COCO, LabelMe); None: the built-in synthetic shelves

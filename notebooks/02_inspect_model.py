@@ -38,11 +38,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Rectangle
 
-from bookseg import factory
+from bookseg.config import factory
 from bookseg.config.compose import compose_config
 from bookseg.data.images import load_image_rgb
 from bookseg.data.readers import load_dataset
 from bookseg.data.synthetic import ShelfStyle, synthetic_dataset_path
+from bookseg.data.viz import draw_instances, side_by_side
 from bookseg.mrcnn.anchors import anchors_for, backbone_shapes, pixel_anchors_for
 from bookseg.mrcnn.boxes import decode_boxes, denorm_boxes, iou_matrix
 from bookseg.mrcnn.images import parse_image_meta, unmold_detections, unmold_image
@@ -51,7 +52,6 @@ from bookseg.mrcnn.model import MaskRCNN, named_weight_layers
 from bookseg.mrcnn.proposals import propose
 from bookseg.mrcnn.rpn import run_rpn
 from bookseg.mrcnn.training import Stage, train_stages
-from bookseg.viz import draw_instances, side_by_side
 
 # %% tags=["parameters"]
 RUN_ID = None  # MLflow run of `python -m bookseg.run`: a job (parent) run, or one fold's child run
@@ -102,7 +102,7 @@ def show(ax, image, title):
 keras.utils.set_random_seed(SEED)
 if RUN_ID or WEIGHTS_FILE:
     from bookseg.experiment.data import load_data
-    from bookseg.trained_model import load_from_run, load_from_weights
+    from bookseg.inference.trained_model import load_from_run, load_from_weights
 
     if RUN_ID:
         trained = load_from_run(RUN_ID, fold=FOLD)

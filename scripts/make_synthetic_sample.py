@@ -19,7 +19,7 @@ import numpy as np
 from bookseg.data.images import load_image_rgb
 from bookseg.data.readers import load_dataset
 from bookseg.data.synthetic import generate_shelves
-from bookseg.viz import draw_instances
+from bookseg.data.viz import draw_instances
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_BYTES = 150_000

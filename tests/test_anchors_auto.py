@@ -21,7 +21,7 @@ from bookseg.data.folds import assign_groups, load_folds, split
 from bookseg.data.readers import load_dataset
 from bookseg.data.records import ImageRecord, Instance
 from bookseg.experiment.anchors_fit import FIT_FILE, fit_anchors, fold_anchor_config, ratio_count
-from bookseg.trained_model import ModelSourceError, load_from_run, load_from_weights
+from bookseg.inference.trained_model import ModelSourceError, load_from_run, load_from_weights
 from tests.data._fixtures_readers import polygon, via2_entry, write_via2_dataset
 from tests.integration.conftest import CliRunner
 

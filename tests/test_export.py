@@ -17,14 +17,14 @@ import pytest
 import tensorflow as tf
 from omegaconf import OmegaConf
 
-from bookseg import factory
 from bookseg.cli import main
+from bookseg.config import factory
 from bookseg.data.images import load_image_rgb
 from bookseg.data.synthetic import generate_shelves
-from bookseg.export import METADATA_FILE, DetectorModule
+from bookseg.inference.export import METADATA_FILE, DetectorModule
+from bookseg.inference.trained_model import default_config
 from bookseg.mrcnn.images import compose_image_meta, mold_image, resize_image, unmold_detections
 from bookseg.mrcnn.model import MaskRCNN
-from bookseg.trained_model import default_config
 
 MAX_INSTANCES = 15
 

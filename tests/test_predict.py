@@ -33,8 +33,8 @@ from bookseg.data.readers import load_dataset
 from bookseg.data.records import boxes_from_masks, rasterize_polygon
 from bookseg.data.synthetic import generate_shelves
 from bookseg.evaluation.coco_eval import records_to_coco
-from bookseg.predict import CHUNK_PIXELS, PredictSummary, find_images, predict_paths, relative_names
-from bookseg.predict_outputs import overlay_names
+from bookseg.inference.predict import CHUNK_PIXELS, PredictSummary, find_images, predict_paths, relative_names
+from bookseg.inference.predict_outputs import overlay_names
 
 
 def _decode(rle: dict) -> np.ndarray:
@@ -358,7 +358,7 @@ def _first_kernel(model) -> np.ndarray:
 
 
 def test_parent_run_resolves_to_the_best_fold_and_its_config(smoke_run):
-    from bookseg.trained_model import load_from_run
+    from bookseg.inference.trained_model import load_from_run
 
     trained = load_from_run(smoke_run.parent.info.run_id, tracking_uri=smoke_run.uri)
     scores = {k: c.data.metrics["mask_ap50"] for k, c in smoke_run.children.items()}
@@ -374,7 +374,7 @@ def test_parent_run_resolves_to_the_best_fold_and_its_config(smoke_run):
 
 
 def test_run_resolution_errors_name_the_problem(smoke_run):
-    from bookseg.trained_model import ModelSourceError, load_from_run
+    from bookseg.inference.trained_model import ModelSourceError, load_from_run
 
     with pytest.raises(ModelSourceError, match="no fold 7"):
         load_from_run(smoke_run.parent.info.run_id, fold=7, tracking_uri=smoke_run.uri)
@@ -462,7 +462,7 @@ def test_cli_predict_with_a_run_and_with_a_weights_file(smoke_run, tmp_path, cap
 
 def test_precision_override_runs_a_float32_run_in_bfloat16(smoke_run, tmp_path, capsys):
     from bookseg.cli import main
-    from bookseg.trained_model import load_from_run
+    from bookseg.inference.trained_model import load_from_run
 
     parent = smoke_run.parent.info.run_id
     trained = load_from_run(parent, fold=0, tracking_uri=smoke_run.uri, precision="mixed_bfloat16")
@@ -495,7 +495,7 @@ def test_configs_logged_before_model_norm_still_load(tmp_path):
     """A run logged with `model.train_bn` and no `model.mask_pool_size` loads as the same model."""
     from omegaconf import OmegaConf
 
-    from bookseg.trained_model import ModelSourceError, default_config, load_config
+    from bookseg.inference.trained_model import ModelSourceError, default_config, load_config
 
     old = OmegaConf.to_container(default_config(), resolve=False)
     del old["model"]["norm"], old["model"]["mask_pool_size"]

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bookseg.viz import draw_instances, instance_colors, line_width, save_image, side_by_side
+from bookseg.data.viz import draw_instances, instance_colors, line_width, save_image, side_by_side
 
 
 def gray_image(height, width, value=100):

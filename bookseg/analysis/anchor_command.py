@@ -1,7 +1,7 @@
 """`bookseg anchors DATA`: read a data set, match a model's anchors against its boxes, print the result.
 
 The model and anchor settings come from the same Hydra config groups training uses
-(`conf/model/<name>.yaml`, `conf/anchors/<name>.yaml`), through `bookseg.factory.mrcnn_config`, so the
+(`conf/model/<name>.yaml`, `conf/anchors/<name>.yaml`), through `bookseg.config.factory.mrcnn_config`, so the
 analysis sees exactly the image size and anchors a run with `model=<name> anchors=<name>` trains with.
 """
 
@@ -36,7 +36,7 @@ def model_config(
     model: str = "cpu", anchors: str = "default", scales=None, ratios=None, num_classes: int = 2
 ):
     """`MrcnnConfig` of a model and anchors preset, with `scales` / `ratios` replacing the preset's."""
-    from bookseg.factory import mrcnn_config
+    from bookseg.config.factory import mrcnn_config
 
     config = mrcnn_config(preset_config(model, anchors), num_classes)
     if scales is not None:

@@ -30,7 +30,7 @@ from bookseg.analysis.report_runs import (
     metric_names,
 )
 
-__all__ = ["Report", "build_report", "default_out", "format_mean_std", "markdown_table", "run_report_command"]
+__all__ = ["Report", "build_report", "default_out", "format_mean_std", "markdown_table"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # as bookseg.tracking.mlflow_runs (the runner's default)
 
@@ -128,27 +128,3 @@ def build_report(
     markdown = render_report(name, uri, compared, skipped, params, metrics, best, plots)
     (folder / "report.md").write_text(markdown)
     return Report(folder, markdown, compared, skipped, params, metrics, best, plots, note)
-
-
-def run_report_command(args) -> int:
-    """`bookseg report` handler: build the report and print where it went."""
-    import sys
-
-    try:
-        report = build_report(
-            experiment=args.experiment,
-            runs=args.runs,
-            tracking_uri=args.tracking_uri,
-            out=args.out,
-            overwrite=args.overwrite,
-        )
-    except ValueError as error:
-        print(f"bookseg report: error: {error}", file=sys.stderr)
-        return 2
-    print(report.markdown)
-    if report.note:
-        print(f"note: {report.note}")
-    print(
-        f"report written to {report.folder / 'report.md'} (plots: {', '.join(p.name for p in report.plots)})"
-    )
-    return 0

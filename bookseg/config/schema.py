@@ -57,7 +57,7 @@ _MODEL = MrcnnConfig  # defaults (and what each setting means) are declared once
 @dataclass
 class ModelConfig:
     """The `model` group. A field named like an `MrcnnConfig` field is that setting, with its default, and
-    reaches the model by name (`bookseg.factory.mrcnn_config`); the others are `RUNNER_MODEL_FIELDS`."""
+    reaches the model by name (`bookseg.config.factory.mrcnn_config`); the others are `RUNNER_MODEL_FIELDS`."""
 
     name: str = MISSING
     backbone: str = _MODEL.backbone  # resnet50 | resnet101 | tiny

@@ -1,24 +1,35 @@
-"""Checks on config values that types cannot express, with messages naming the key to fix."""
+"""Checks on config values that types cannot express, with messages naming the key to fix.
+
+Each rule has one home. What the model needs (image sizes divisible by 64, one anchor scale per pyramid
+level, norm and precision names, ...) is checked by `MrcnnConfig.validate`, what training needs
+(optimizer names, stage names, learning rates) by `bookseg.mrcnn.training`'s `OptimizerSpec` and
+`Stage`; this module builds those objects through `bookseg.config.factory` and restates their errors
+with the config key that set the value. The rules here are the runner's own (data, folds, metric,
+augmentation, ...).
+
+Order: the runner's rules and the model's (no TensorFlow needed) are listed together; the training
+objects' rules (which import Keras) only when those pass, and the weights (which may download) last.
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from bookseg.config.factory import config_key, lr_schedule, mrcnn_config, optimizer_spec, stage
 from bookseg.data.augment import build_augmentation
 from bookseg.data.copy_paste import settings_problems as copy_paste_problems
-from bookseg.factory import lr_schedule, mrcnn_config
-from bookseg.mrcnn.config import NORMS, PRECISIONS
+from bookseg.mrcnn.config import MrcnnConfigError
 from bookseg.mrcnn.pretrained import WeightsSourceError, is_named, resolve_config_weights
 
 # Per-fold metrics the CV loop aggregates (kept here so validation does not import TensorFlow).
 FOLD_METRICS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "box_ap75", "mask_ap50_matterport")
 
-STAGE_NAMES = ("heads", "3+", "4+", "5+", "all")
 DATA_KINDS = ("synthetic", "via", "coco", "labelme")
-PYRAMID_LEVELS = 5  # P2..P6
+RUNNER_RESIZE_MODES = ("square", "pad64")  # the runner's, narrower than the model's (which also has "none")
 
 
 class ConfigError(ValueError):
@@ -29,51 +40,26 @@ def validate(cfg: DictConfig) -> None:
     """Raise ConfigError listing every problem found in a composed config."""
     problems: list[str] = []
     m = cfg.model
-    if m.image_resize_mode not in ("square", "pad64"):
+    model_checked = mrcnn_problems(cfg)
+    if m.image_resize_mode not in RUNNER_RESIZE_MODES:
         problems.append(f"model.image_resize_mode={m.image_resize_mode!r}: use square or pad64")
-    if m.image_max_dim % 64:
-        problems.append(
-            f"model.image_max_dim={m.image_max_dim} is not divisible by 64 (the FPN halves the image 6 times)"
-        )
+        model_checked = [p for p in model_checked if not p.startswith("model.image_resize_mode")]
     if m.image_resize_mode == "pad64" and m.images_per_batch > 1:
         problems.append(
             "model.image_resize_mode=pad64 gives images of different sizes: train with square "
             "(pad64 is for inference) or set model.images_per_batch=1"
         )
-    if m.backbone == "tiny" and len(m.tiny_channels) != 4:
-        problems.append(f"model.tiny_channels needs 4 widths (C2..C5), got {list(m.tiny_channels)}")
-    if m.images_per_batch < 1:
-        problems.append("model.images_per_batch must be >= 1")
-    if m.norm not in NORMS:
-        problems.append(f"model.norm={m.norm!r}: use {', '.join(NORMS)}")
-    if m.precision not in PRECISIONS:
-        problems.append(f"model.precision={m.precision!r}: use {' or '.join(PRECISIONS)}")
-    if not 0 < m.roi_positive_ratio <= 1:
-        problems.append(f"model.roi_positive_ratio={m.roi_positive_ratio} must be in (0, 1]")
     if m.weights and not is_named(m.weights) and not Path(m.weights).expanduser().is_file():
         problems.append(
             f"model.weights={m.weights!r}: no such file (give an h5 file, or coco | imagenet | run:<run id>)"
         )
+    problems += model_checked
     a = cfg.anchors
-    if len(a.scales) != PYRAMID_LEVELS:
-        problems.append(
-            f"anchors.scales has {len(a.scales)} values but the pyramid has {PYRAMID_LEVELS} levels "
-            f"(P2..P6): give one scale per level, e.g. [32, 64, 128, 256, 512]"
-        )
-    if any(s <= 0 for s in a.scales) or any(r <= 0 for r in a.ratios) or not a.ratios:
-        problems.append("anchors.scales and anchors.ratios must be positive (and ratios non-empty)")
-    if a.stride < 1:
-        problems.append("anchors.stride must be >= 1")
     if a.auto_ratios is not None and a.auto_ratios < 1:
         problems.append(
             f"anchors.auto_ratios={a.auto_ratios} must be >= 1 (or null: as many as anchors.ratios)"
         )
 
-    o = cfg.optimizer
-    if o.name not in ("sgd", "adamw"):
-        problems.append(f"optimizer.name={o.name!r}: use sgd or adamw")
-    if o.clipnorm is not None and o.clipnorm <= 0:
-        problems.append("optimizer.clipnorm must be positive or null")
     try:
         build_augmentation(OmegaConf.to_container(cfg.augmentation.transforms, resolve=True))
     except Exception as exc:  # noqa: BLE001 - any instantiation error of a user's transform list
@@ -84,25 +70,9 @@ def validate(cfg: DictConfig) -> None:
     s = cfg.stages
     if not s.schedule:
         problems.append("stages.schedule is empty: give at least one {layers, epochs, learning_rate}")
-    for i, stage in enumerate(s.schedule):
-        where = f"stages.schedule[{i}]"
-        if stage.layers not in STAGE_NAMES:
-            try:
-                re.compile(stage.layers)
-            except re.error as exc:
-                problems.append(
-                    f"{where}.layers={stage.layers!r} is neither a stage ({', '.join(STAGE_NAMES)}) "
-                    f"nor a valid regex: {exc}"
-                )
-            if re.fullmatch(r"\d\+?|[a-z]+", stage.layers) and stage.layers not in STAGE_NAMES:
-                problems.append(
-                    f"{where}.layers={stage.layers!r} is not a known stage: use one of {', '.join(STAGE_NAMES)} "
-                    f"or a regex over layer names"
-                )
-        if stage.epochs < 1:
-            problems.append(f"{where}.epochs={stage.epochs} must be >= 1")
-        if stage.learning_rate * cfg.lr_scale <= 0:
-            problems.append(f"{where}.learning_rate must be positive")
+    for i, stage_cfg in enumerate(s.schedule):
+        if stage_cfg.epochs < 1:
+            problems.append(f"stages.schedule[{i}].epochs={stage_cfg.epochs} must be >= 1")
     if s.steps_per_epoch < 1 or s.validation_steps < 0:
         problems.append("stages.steps_per_epoch must be >= 1 and stages.validation_steps >= 0")
     try:
@@ -133,22 +103,91 @@ def validate(cfg: DictConfig) -> None:
         except re.error as exc:
             problems.append(f"data.group_regex={d.group_regex!r} is not a valid regex: {exc}")
 
-    if not problems:
-        try:  # the model's own checks (backbone, batch, ROI ratio, ...), kept in one place
-            mrcnn_config(cfg, num_classes=2)
-        except ValueError as exc:
-            problems.append(f"model / anchors: {exc}")
     metrics = {f"cv/{name}_{stat}" for name in FOLD_METRICS for stat in ("mean", "std")}
     if cfg.optimized_metric not in metrics:
         problems.append(f"optimized_metric={cfg.optimized_metric!r}: use one of {sorted(metrics)}")
 
-    if (
-        not problems
-    ):  # last: a named file may download (hundreds of MB) and is not worth it for a broken config
+    if not problems:  # the training objects' own checks: they import Keras, not worth it for a broken config
+        problems += optimizer_problems(cfg) + stage_problems(cfg)
+    if not problems:  # last: a named file may download (hundreds of MB), not worth it for a broken config
         problems += weights_problems(cfg)
 
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def keyed(key: str, field_name: str, message: str) -> str:
+    """A model-layer `message` about `field_name` restated for config key `key`: its leading
+    "<field>" or "unknown <field> " becomes the key ("unknown norm 'x': use ..." -> "model.norm='x': use
+    ..."); a message in another form is prefixed with "<key>: "."""
+    if match := re.match(rf"unknown {re.escape(field_name)} (?=\S)", message):
+        return f"{key}={message[match.end() :]}"
+    if re.match(rf"{re.escape(field_name)}\b", message):
+        return key + message[len(field_name) :]
+    return f"{key}: {message}"
+
+
+def mrcnn_problems(cfg: DictConfig) -> list[str]:
+    """`MrcnnConfig.validate`'s problems with the settings `cfg` gives the model, each naming its config key."""
+    try:
+        mrcnn_config(cfg, num_classes=2)
+    except MrcnnConfigError as error:
+        problems = []
+        for field_name, message in error.problems:
+            key, as_given = config_key(cfg, field_name)
+            problems.append(keyed(key, field_name, message) if as_given else f"{key}: {message}")
+        return problems
+    except ValueError as error:  # a value the model's settings cannot even hold
+        return [f"model / anchors: {error}"]
+    return []
+
+
+def optimizer_problems(cfg: DictConfig) -> list[str]:
+    """`OptimizerSpec`'s checks (bookseg.mrcnn.training, imports Keras) on `cfg.optimizer`, each naming the
+    optimizer.<field> key it rejects (its fields are the keys' names; it checks each field alone)."""
+    from bookseg.mrcnn.training import OptimizerSpec
+
+    try:
+        optimizer_spec(cfg)
+        return []
+    except ValueError as error:
+        first = f"optimizer: {error}"
+    problems = []
+    for f in fields(OptimizerSpec):
+        try:
+            OptimizerSpec(**{f.name: cfg.optimizer[f.name]})
+        except ValueError as error:
+            problems.append(keyed(f"optimizer.{f.name}", f.name, str(error)))
+    return problems or [first]
+
+
+def stage_problems(cfg: DictConfig) -> list[str]:
+    """Each `stages.schedule` entry built as a training `Stage` (imports Keras): its layers a stage name of
+    `training.STAGE_REGEXES` or a valid regex, and `Stage`'s own checks (learning rate > 0, ...)."""
+    from bookseg.mrcnn.training import STAGE_REGEXES, stage_regex
+
+    names = ", ".join(STAGE_REGEXES)
+    problems = []
+    for i, stage_cfg in enumerate(cfg.stages.schedule):
+        where, layers = f"stages.schedule[{i}]", stage_cfg.layers
+        if layers not in STAGE_REGEXES and re.fullmatch(r"\d\+?|[a-z]+", layers):
+            problems.append(
+                f"{where}.layers={layers!r} is not a known stage: use one of {names} or a regex over layer names"
+            )
+            continue
+        try:
+            re.compile(stage_regex(layers))
+        except re.error as exc:
+            problems.append(
+                f"{where}.layers={layers!r} is neither a stage ({names}) nor a valid regex: {exc}"
+            )
+            continue
+        try:
+            stage(cfg, i)
+        except ValueError as exc:
+            scaled = f" (learning_rate x lr_scale={cfg.lr_scale})" if cfg.lr_scale != 1 else ""
+            problems.append(f"{where}{scaled}: {exc}")
+    return problems
 
 
 def weights_problems(cfg: DictConfig) -> list[str]:

@@ -1,1 +1,2 @@
-"""Data layer: readers for VIA / COCO / LabelMe, validation, synthetic shelves, folds, augmentation."""
+"""Data layer: readers for VIA / COCO / LabelMe, validation, synthetic shelves, folds, augmentation,
+instance overlays (`viz`)."""

@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from bookseg import factory
+from bookseg.config import factory
 from bookseg.config.validate import FOLD_METRICS
 from bookseg.data.images import load_image_rgb
 from bookseg.data.records import ImageRecord
@@ -197,7 +197,7 @@ def evaluate_fold(
 
 
 def _log_artifacts(cfg: DictConfig, model, fold_dir: Path, overlays, index: int, test_overlays=()) -> None:
-    from bookseg.viz import draw_instances, save_image, side_by_side
+    from bookseg.data.viz import draw_instances, save_image, side_by_side
 
     run = mlflow.active_run()
     client = mlflow.MlflowClient()

@@ -2,7 +2,7 @@
 
 Field names are matterport's `Config` attributes in lower case (`RPN_ANCHOR_SCALES` ->
 `rpn_anchor_scales`), so users find what they know. Layers never read Hydra configs: the runner
-turns its config into one `MrcnnConfig` (see `bookseg.factory`), and the model, the input
+turns its config into one `MrcnnConfig` (see `bookseg.config.factory`), and the model, the input
 pipeline and the weight loader read only this object.
 """
 
@@ -96,41 +96,88 @@ class MrcnnConfig:
         return asdict(self)
 
     def validate(self) -> None:
-        """Raise ValueError on settings the network cannot be built with."""
-        n_levels = len(self.backbone_strides)
-        if len(self.rpn_anchor_scales) != n_levels:
-            raise ValueError(
+        """Raise `MrcnnConfigError` (a ValueError) listing every setting the network cannot be built or
+        trained with. Each problem names its field first, so a caller that set the field from another
+        key (the runner's Hydra config) can name that key instead (see `MrcnnConfigError`)."""
+        problems: list[tuple[str, str]] = []
+
+        def bad(name: str, message: str) -> None:
+            problems.append((name, message))
+
+        strides = list(self.backbone_strides)
+        if len(self.rpn_anchor_scales) != len(strides):
+            levels = f"P2..P{len(strides) + 1}"
+            bad(
+                "rpn_anchor_scales",
                 f"rpn_anchor_scales has {len(self.rpn_anchor_scales)} values but the pyramid has "
-                f"{n_levels} levels (strides {list(self.backbone_strides)}): give one scale per level"
+                f"{len(strides)} levels ({levels}, strides {strides}): give one scale per level, "
+                f"e.g. {[8 * s for s in strides]}",
             )
+        if not all(s > 0 for s in self.rpn_anchor_scales):
+            bad("rpn_anchor_scales", f"rpn_anchor_scales={list(self.rpn_anchor_scales)} must all be positive")
+        if not self.rpn_anchor_ratios or not all(r > 0 for r in self.rpn_anchor_ratios):
+            bad(
+                "rpn_anchor_ratios",
+                f"rpn_anchor_ratios={list(self.rpn_anchor_ratios)} must be positive (at least one)",
+            )
+        if self.rpn_anchor_stride < 1:
+            bad("rpn_anchor_stride", f"rpn_anchor_stride={self.rpn_anchor_stride} must be >= 1")
+        if self.image_resize_mode not in ("square", "pad64", "none"):
+            bad(
+                "image_resize_mode",
+                f"unknown image_resize_mode {self.image_resize_mode!r}: use square, pad64 or none",
+            )
+        # The FPN halves the image 6 times (P6 = 1/64), so molded sides must be multiples of 64.
         if self.image_resize_mode == "square" and self.image_max_dim % 64:
-            raise ValueError(
-                f"image_max_dim={self.image_max_dim} is not divisible by 64: the FPN downsamples 6 times"
+            bad(
+                "image_max_dim",
+                f"image_max_dim={self.image_max_dim} is not divisible by 64: the FPN downsamples 6 times",
             )
         if self.image_resize_mode == "pad64" and self.image_min_dim % 64:
-            raise ValueError(f"image_min_dim={self.image_min_dim} must be divisible by 64 for pad64")
-        if self.image_resize_mode not in ("square", "pad64", "none"):
-            raise ValueError(
-                f"unknown image_resize_mode {self.image_resize_mode!r}: use square, pad64 or none"
-            )
+            bad("image_min_dim", f"image_min_dim={self.image_min_dim} must be divisible by 64 for pad64")
         if self.backbone not in ("resnet50", "resnet101", "tiny"):
-            raise ValueError(f"unknown backbone {self.backbone!r}: use resnet50, resnet101 or tiny")
+            bad("backbone", f"unknown backbone {self.backbone!r}: use resnet50, resnet101 or tiny")
+        if self.backbone == "tiny" and len(self.tiny_channels) != 4:
+            bad("tiny_channels", f"tiny_channels needs 4 widths (C2..C5), got {list(self.tiny_channels)}")
         if self.num_classes < 2:
-            raise ValueError("num_classes counts the background too, so it must be >= 2")
+            bad("num_classes", "num_classes counts the background too, so it must be >= 2")
         if tuple(self.mask_shape) != (2 * self.mask_pool_size, 2 * self.mask_pool_size):
-            raise ValueError(
+            bad(
+                "mask_shape",
                 f"mask_shape={tuple(self.mask_shape)} must be twice mask_pool_size={self.mask_pool_size} "
-                "(the mask head upsamples once by 2)"
+                "(the mask head upsamples once by 2)",
             )
+        if not 0 < self.roi_positive_ratio <= 1:
+            bad("roi_positive_ratio", f"roi_positive_ratio={self.roi_positive_ratio} must be in (0, 1]")
+        if self.images_per_batch < 1:
+            bad("images_per_batch", "images_per_batch must be >= 1")
         if self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}: use {', '.join(NORMS)}")
+            bad("norm", f"unknown norm {self.norm!r}: use {', '.join(NORMS)}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}: use {' or '.join(PRECISIONS)}")
+            bad("precision", f"unknown precision {self.precision!r}: use {' or '.join(PRECISIONS)}")
         if self.weight_decay_mode not in ("matterport", "l2"):
-            raise ValueError(f"unknown weight_decay_mode {self.weight_decay_mode!r}: use matterport or l2")
+            bad(
+                "weight_decay_mode",
+                f"unknown weight_decay_mode {self.weight_decay_mode!r}: use matterport or l2",
+            )
         missing = set(LOSS_NAMES) - set(self.loss_weights)
         if missing:
-            raise ValueError(f"loss_weights lacks {sorted(missing)}")
+            bad("loss_weights", f"loss_weights lacks {sorted(missing)}")
+        if problems:
+            raise MrcnnConfigError(problems)
+
+
+class MrcnnConfigError(ValueError):
+    """What `MrcnnConfig.validate` found: the message joins every problem with "; ".
+
+    Attributes:
+        problems: (field, message) pairs; each message starts with the field's name, as
+            "<field>=<value> ...", "<field> ..." or "unknown <field> <value>: ...".
+    """
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        super().__init__("; ".join(message for _, message in problems))
+        self.problems = tuple(problems)
 
 
 PRECISIONS = ("float32", "mixed_bfloat16")

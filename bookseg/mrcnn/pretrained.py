@@ -3,7 +3,7 @@
 * `coco`: matterport's `mask_rcnn_coco.h5` (ResNet-101 Mask R-CNN trained on COCO, legacy h5 layout).
 * `imagenet`: Keras' ImageNet ResNet "notop" h5 of `model.backbone` (resnet50 or resnet101; `tiny` has none).
 * `run:<run id>`: the weights a bookseg MLflow run logged (a job: its final model, else its best fold; a
-  fold's run: that fold), from the job's tracking store (`bookseg.trained_model.run_weights`).
+  fold's run: that fold), from the job's tracking store (`bookseg.inference.trained_model.run_weights`).
 * anything else: a path to an h5 file, as before.
 
 Downloaded files live in `weights_cache_dir()` (`$BOOKSEG_CACHE/weights`, default `./.cache/bookseg/weights`),
@@ -333,7 +333,7 @@ def _fetch_error(entry: PinnedFile, url: str, path: Path, reason: str) -> Weight
 
 
 def _resolve_run(spec: str, tracking_uri: str | None, cache_dir: Path) -> ResolvedWeights:
-    from bookseg.trained_model import ModelSourceError, resolve_tracking_uri, run_weights
+    from bookseg.inference.trained_model import ModelSourceError, resolve_tracking_uri, run_weights
 
     run_id = spec[len(RUN_PREFIX) :].strip()
     if not run_id:
@@ -355,7 +355,7 @@ def run_anchor_mismatch(run_id: str, tracking_uri: str | None, ratios_here: int)
     sizes the RPN head. A run trained with `anchors.auto` used per-fold fitted anchors (logged on the fold's
     run), so its model expects those. None when the counts agree, or the run's anchors cannot be looked up.
     """
-    from bookseg.trained_model import ModelSourceError, run_anchors
+    from bookseg.inference.trained_model import ModelSourceError, run_anchors
 
     try:
         anchors = run_anchors(run_id, tracking_uri)

@@ -2,7 +2,7 @@
 
 With `tracking.register_model=<name>`, a job (`python -m bookseg.run`) ends by logging its model as an
 MLflow `pyfunc` model on the parent run and registering it as a new version of `<name>`; the model is the
-one `bookseg.trained_model.load_from_run` picks: the final model (`cv.final=true`), else the best fold
+one `bookseg.inference.trained_model.load_from_run` picks: the final model (`cv.final=true`), else the best fold
 by mask AP50. The version's tags hold the job's summary metrics (`cv/*_mean`, `test/*_mean`,
 `final/test/*`, `cv/n_folds`) and its description says which model it is, with mean ± std per metric.
 
@@ -82,7 +82,7 @@ class BookOutlinesModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         """Rebuild the Mask R-CNN from the logged weights, config.yaml and class_names.json."""
-        from bookseg.trained_model import load_from_weights
+        from bookseg.inference.trained_model import load_from_weights
 
         artifacts = context.artifacts
         self.trained = load_from_weights(
@@ -184,7 +184,7 @@ def detection_rows(image_index: int, result: dict, class_names: Sequence[str]) -
         `predict_outputs.detection_polygon` flattened to [x1, y1, x2, y2, ...] (None for an empty mask).
     """
     from bookseg.evaluation.coco_eval import predictions_to_coco
-    from bookseg.predict_outputs import detection_polygon
+    from bookseg.inference.predict_outputs import detection_polygon
 
     rows = []
     for k, entry in enumerate(predictions_to_coco([image_index], [result])):
@@ -274,7 +274,7 @@ def register_job_model(name: str, parent_run_id: str, summary: dict[str, float],
     """
     from mlflow.tracking import MlflowClient
 
-    from bookseg.trained_model import load_from_run
+    from bookseg.inference.trained_model import load_from_run
 
     trained = load_from_run(parent_run_id, tracking_uri=tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)

@@ -4,7 +4,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from bookseg import factory
+from bookseg.config import factory
 from bookseg.config.compose import CONF_DIR, compose_config
 from bookseg.config.validate import ConfigError, config_warnings, validate
 

@@ -6,8 +6,8 @@ from dataclasses import fields
 
 from omegaconf import OmegaConf
 
+from bookseg.config.factory import mrcnn_config
 from bookseg.config.schema import RUNNER_MODEL_FIELDS, ModelConfig
-from bookseg.factory import mrcnn_config
 from bookseg.mrcnn.config import MrcnnConfig
 
 # MrcnnConfig fields the `model` group does not set: fixed matterport constants, or set from other groups.

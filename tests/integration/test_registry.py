@@ -35,7 +35,8 @@ from pycocotools import mask as mask_util
 from bookseg.data.images import load_image_rgb
 from bookseg.data.records import rasterize_polygon
 from bookseg.data.synthetic import generate_shelves, synthetic_dataset_path
-from bookseg.predict_outputs import detection_polygon
+from bookseg.inference.predict_outputs import detection_polygon
+from bookseg.inference.trained_model import load_from_run
 from bookseg.tracking.registry import (
     OUTPUT_COLUMNS,
     check_registration,
@@ -46,7 +47,6 @@ from bookseg.tracking.registry import (
     register_job_model,
     summary_tags,
 )
-from bookseg.trained_model import load_from_run
 
 SUMMARY = {
     "cv/mask_ap50_mean": 0.5,
@@ -127,9 +127,9 @@ def _fake_job(root: Path, uri: str) -> str:
     child run holding an untrained, seeded tiny model's weights. Returns the parent run id."""
     import keras
 
-    from bookseg import factory
+    from bookseg.config import factory
+    from bookseg.inference.trained_model import default_config
     from bookseg.mrcnn.model import MaskRCNN
-    from bookseg.trained_model import default_config
 
     cfg = default_config(["model=tiny", "anchors=tiny"])
     keras.utils.set_random_seed(0)

@@ -9,9 +9,9 @@ from bookseg.data.readers import load_dataset
 from bookseg.data.synthetic import synthetic_dataset_path
 from bookseg.experiment.cv import aggregate, results_table, train_final
 from bookseg.experiment.data import load_test_data
+from bookseg.inference.trained_model import load_from_run
 from bookseg.tracking import FINAL
 from bookseg.tracking.mlflow_runs import RunState
-from bookseg.trained_model import load_from_run
 from tests.integration.test_run_cli import FOLD_METRICS, _artifact_paths
 
 

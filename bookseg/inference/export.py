@@ -1,7 +1,8 @@
-"""`bookseg export`: a trained model as a TensorFlow SavedModel that takes one photo and returns its books.
+"""A trained model as a TensorFlow SavedModel that takes one photo and returns its books (`bookseg export`).
 
     bookseg export --run <mlflow run id> --out exported/
     bookseg export --weights fold0.weights.h5 --config config.yaml --out exported/
+    export_saved_model(trained.model, "exported/", class_names=trained.class_names)   # from Python
 
 The SavedModel's `serving_default` signature takes `image`: uint8 [H, W, 3] RGB of any size and does
 all of `MaskRCNN.detect` inside the graph: resize and pad ("square" mode, bilinear, as
@@ -23,7 +24,6 @@ records the class names, those two settings, the model's origin and the resolved
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -247,23 +247,3 @@ def export_saved_model(
         metadata["config"] = OmegaConf.to_container(cfg, resolve=False)
     (out_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str))
     return out_dir
-
-
-def run_export_command(args: argparse.Namespace) -> int:
-    """Handler of `bookseg export`."""
-    from bookseg.predict import run_with_trained_model
-
-    def export(trained) -> str:
-        out = export_saved_model(
-            trained.model,
-            args.out,
-            class_names=trained.class_names,
-            min_confidence=args.min_confidence,
-            max_instances=args.max_instances,
-            source=trained.source,
-            cfg=trained.cfg,
-            overwrite=args.overwrite,
-        )
-        return f"SavedModel written to {out} (signature serving_default; see {out / METADATA_FILE})"
-
-    return run_with_trained_model(args, "export", export)

@@ -3,6 +3,9 @@
 Images are uint8 [H, W, 3] RGB; masks bool [H, W, n]; boxes int [n, 4] (y1, x1, y2, x2) in pixels
 with y2/x2 exclusive. Line widths and text sizes scale with the image, so overlays read the same at
 256 px and at 2000 px.
+
+Here in the data layer, the lowest one, because the training loop (validation overlays), prediction,
+the data notebooks and scripts all draw with it.
 """
 
 from __future__ import annotations

@@ -156,7 +156,7 @@ def build_model(
         ModelSourceError: missing file, or weights that do not fit the model (wrong class count, layers
             missing).
     """
-    from bookseg import factory
+    from bookseg.config import factory
     from bookseg.mrcnn.model import MaskRCNN
     from bookseg.mrcnn.weights import WeightLoadError, load_checkpoint, load_weights
 

@@ -1,23 +1,17 @@
-"""`bookseg predict`: outline the books in new photos with a trained model, in bounded memory.
+"""Outline the books in new photos with a trained model, in bounded memory (what `bookseg predict` runs).
 
-    bookseg predict photos/ more/shelf.jpg --run <mlflow run id> --out predictions/
-    bookseg predict photos/ --weights fold0.weights.h5 --config config.yaml --out predictions/
-
-Python API (notebooks, tests):
-
-    from bookseg.predict import predict_paths
-    from bookseg.trained_model import load_from_run
+    from bookseg.inference.predict import predict_paths
+    from bookseg.inference.trained_model import load_from_run
     trained = load_from_run(run_id)
     summary = predict_paths(trained.model, trained.class_names, ["photos/"], "predictions/")
 
 Images are read, detected and written in chunks (`batch_size` images, fewer when they are large), and
 each image's full-size masks are turned into its outputs and dropped before the next chunk is read; so
-memory does not grow with the number of photos. What is written: see `bookseg.predict_outputs`.
+memory does not grow with the number of photos. What is written: see `bookseg.inference.predict_outputs`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import warnings
@@ -25,8 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bookseg.mrcnn.config import PRECISIONS
-from bookseg.predict_outputs import (
+from bookseg.inference.predict_outputs import (
     COCO_IMAGES,
     COCO_RESULTS,
     COUNTS_CSV,
@@ -36,7 +29,6 @@ from bookseg.predict_outputs import (
     PredictionWriter,
     check_outputs_free,
 )
-from bookseg.tracking import FINAL
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # A chunk holds at most this many input pixels (besides `batch_size` images): a 12 MP photo goes alone.
@@ -232,152 +224,3 @@ def _run_chunk(model, chunk, writer: PredictionWriter, min_confidence, max_insta
         writer.add(index, path, image, result)
         bar.update(1)
     chunk.clear()  # drop the images and their full-size masks before the next chunk is read
-
-
-def load_trained(args: argparse.Namespace):
-    """`TrainedModel` from the CLI's --run / --weights / --config / --fold / --class-names arguments."""
-    from bookseg.trained_model import load_from_run, load_from_weights
-
-    class_names = [n.strip() for n in args.class_names.split(",") if n.strip()] if args.class_names else None
-    if args.run:
-        if args.config:
-            raise ValueError("--config goes with --weights; a run brings its own config")
-        return load_from_run(
-            args.run,
-            fold=args.fold,
-            tracking_uri=args.tracking_uri,
-            class_names=class_names,
-            precision=args.precision,
-        )
-    if args.fold is not None:
-        raise ValueError("--fold goes with --run")
-    return load_from_weights(
-        args.weights, config_path=args.config, class_names=class_names, precision=args.precision
-    )
-
-
-def run_with_trained_model(args: argparse.Namespace, command: str, work) -> int:
-    """Shared body of the model-using CLI handlers: load the model named by the model-source arguments,
-    print which it is, run `work(trained)` and print the text it returns. A bad model source, existing
-    outputs, a missing file or a bad value print `bookseg <command>: error: ...` and give exit code 2."""
-    from bookseg.trained_model import ModelSourceError
-
-    try:
-        trained = load_trained(args)
-        print(f"model: {trained.source}; classes {trained.class_names}", flush=True)
-        message = work(trained)
-    except (ModelSourceError, FileExistsError, FileNotFoundError, ValueError) as error:
-        print(f"bookseg {command}: error: {error}", file=sys.stderr)
-        return 2
-    print(message)
-    return 0
-
-
-def run_predict_command(args: argparse.Namespace) -> int:
-    """Handler of `bookseg predict` (see `add_model_source_arguments` and the CLI)."""
-
-    def predict(trained) -> str:
-        return predict_paths(
-            trained.model,
-            trained.class_names,
-            args.paths,
-            args.out,
-            min_confidence=args.min_confidence,
-            max_instances=args.max_instances,
-            batch_size=args.batch_size,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-        ).text()
-
-    return run_with_trained_model(args, "predict", predict)
-
-
-def _fold_argument(text: str) -> int | str:
-    if text == FINAL:
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: a fold number or 'final'") from None
-
-
-def add_model_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """--run / --weights (one required), --config, --fold, --tracking-uri, --class-names, --precision."""
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--run",
-        metavar="RUN_ID",
-        help="MLflow run id: an experiment job (parent run) or one of its fold runs",
-    )
-    source.add_argument("--weights", metavar="FILE", help="weights file (.weights.h5 as the runner logs it)")
-    parser.add_argument(
-        "--config",
-        metavar="CONFIG_YAML",
-        help="with --weights: the config.yaml the run logged (default: the cpu model)",
-    )
-    parser.add_argument(
-        "--fold",
-        type=_fold_argument,
-        metavar="K",
-        help="with a parent --run: fold whose weights to use, or 'final' (default: the final model when the "
-        "job trained one with cv.final=true, else the best fold by mask_ap50)",
-    )
-    parser.add_argument(
-        "--tracking-uri",
-        metavar="URI",
-        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
-    )
-    parser.add_argument(
-        "--class-names", metavar="A,B", help="comma-separated class names (default: from the run / config)"
-    )
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        help="compute precision (default: the run's model.precision); mixed_bfloat16 is about 1.7x faster "
-        "on CPUs with AVX512_BF16 or AMX, see docs/performance.md",
-    )
-
-
-def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `bookseg predict`."""
-    parser.add_argument(
-        "paths", nargs="+", metavar="PATH", help="image files and folders (searched recursively)"
-    )
-    add_model_source_arguments(parser)
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument(
-        "--min-confidence", type=float, default=0.5, metavar="P", help="minimum detection score (default 0.5)"
-    )
-    parser.add_argument(
-        "--max-instances",
-        type=int,
-        metavar="N",
-        help="maximum books per image (default: the model's detection_max_instances)",
-    )
-    parser.add_argument(
-        "--batch-size", type=int, metavar="N", help="images per detect call (default: model's)"
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `bookseg export` (here, not in bookseg.export, so building the parser needs no TensorFlow)."""
-    add_model_source_arguments(parser)
-    parser.add_argument("--out", required=True, metavar="DIR", help="SavedModel folder")
-    parser.add_argument(
-        "--min-confidence",
-        type=float,
-        default=0.5,
-        metavar="P",
-        help="minimum detection score baked into the model (default 0.5)",
-    )
-    parser.add_argument(
-        "--max-instances",
-        type=int,
-        metavar="N",
-        help="maximum detections (default: the model's detection_max_instances)",
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace an existing, non-empty --out folder"
-    )

@@ -2,7 +2,8 @@
 
 Layout of the output folder:
 
-    overlays/<file>.jpg     each book filled, outlined, numbered 1..n with its score (`viz.draw_instances`)
+    overlays/<file>.jpg     each book filled, outlined, numbered 1..n with its score
+                            (`bookseg.data.viz.draw_instances`)
     predictions_coco.json   COCO results: [{image_id, category_id, segmentation (RLE, counts str),
                             bbox [x, y, w, h], score}], streamed to disk as images are processed
     images.json             COCO dataset skeleton (images, categories, no annotations) the image ids
@@ -142,8 +143,8 @@ class PredictionWriter:
             result: `MaskRCNN.detect` output for the image: rois int32 [n, 4] (y1, x1, y2, x2 px, y2/x2
                 exclusive), class_ids int32 [n], scores float32 [n], masks bool [H, W, n].
         """
+        from bookseg.data.viz import draw_instances, save_image
         from bookseg.evaluation.coco_eval import predictions_to_coco
-        from bookseg.viz import draw_instances, save_image
 
         file = self.files[index]
         height, width = image.shape[:2]
