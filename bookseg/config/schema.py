@@ -82,6 +82,8 @@ class ModelConfig:
     max_gt_instances: int = _MODEL.max_gt_instances
     use_mini_mask: bool = _MODEL.use_mini_mask
     mini_mask_size: int = _MODEL.mini_mask_shape[0]  # -> mini_mask_shape (square)
+    # ROI side (px) pooled from P4 (FPN's 224); 448 pools every ROI one level finer (thin books at 512 px)
+    roi_canonical_size: float = _MODEL.roi_canonical_size
     mask_pool_size: int = _MODEL.mask_pool_size  # ROI Align size of the mask head; its masks are twice that
     detection_max_instances: int = _MODEL.detection_max_instances
     detection_min_confidence: float = _MODEL.detection_min_confidence

@@ -51,6 +51,9 @@ class MrcnnConfig:
     train_rois_per_image: int = 200
     roi_positive_ratio: float = 0.33
     pool_size: int = 7
+    roi_canonical_size: float = (
+        224.0  # ROI side (molded px) pooled from P4; halving it moves every ROI one level up
+    )
     mask_pool_size: int = 14
     mask_shape: tuple[int, int] = (28, 28)
     use_mini_mask: bool = True

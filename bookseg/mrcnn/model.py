@@ -128,10 +128,14 @@ class MaskRCNN(keras.Model):
         self.proposal_layer = ProposalLayer(config)
         self.detection_target_layer = DetectionTargetLayer(config)
         self.roi_align_classifier = PyramidROIAlign(
-            (config.pool_size, config.pool_size), "roi_align_classifier"
+            (config.pool_size, config.pool_size),
+            "roi_align_classifier",
+            canonical_size=config.roi_canonical_size,
         )
         self.roi_align_mask = PyramidROIAlign(
-            (config.mask_pool_size, config.mask_pool_size), "roi_align_mask"
+            (config.mask_pool_size, config.mask_pool_size),
+            "roi_align_mask",
+            canonical_size=config.roi_canonical_size,
         )
         self.detection_layer = DetectionLayer(config)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOG_NAMES}

@@ -6,18 +6,21 @@ import keras
 import tensorflow as tf
 
 PYRAMID_LEVELS = (2, 3, 4, 5)  # P2..P5; the heads never pool from P6
-CANONICAL_SIZE = 224.0  # an ROI of 224 x 224 pixels maps to P4 (FPN paper, eq. 1)
+CANONICAL_SIZE = 224.0  # an ROI of 224 x 224 pixels maps to P4 (FPN paper, eq. 1; matterport)
 
 
-def roi_levels(boxes, image_hw):
+def roi_levels(boxes, image_hw, canonical_size: float = CANONICAL_SIZE):
     """Pyramid level of each box (matterport/FPN formula).
 
-    level = clip(4 + round(log2(sqrt(h * w) / (224 / sqrt(H * W)))), 2, 5), with h, w the
-    normalised box size and H, W the molded image size (so roughly 4 + log2(side_px / 224)).
+    level = clip(4 + round(log2(sqrt(h * w) / (c / sqrt(H * W)))), 2, 5), with h, w the
+    normalised box size, H, W the molded image size and c the canonical size (so roughly
+    4 + log2(side_px / c)). c = 224 is FPN's and matterport's; a larger c pools every ROI from a
+    finer level (2 x c: one level finer).
 
     Args:
         boxes: float32 [B, N, 4] normalised (y1, x1, y2, x2); zero rows (padding) get level 2.
         image_hw: float32 [2] molded image (height, width).
+        canonical_size: ROI side in molded pixels that maps to P4.
 
     Returns:
         int32 [B, N] levels in 2..5.
@@ -27,11 +30,11 @@ def roi_levels(boxes, image_hw):
     image_area = tf.cast(image_hw[0] * image_hw[1], tf.float32)
     # Clamp the area away from 0 so padding rows give a finite (very negative) level.
     side = tf.sqrt(tf.maximum(height * width, 1e-12))
-    level = 4.0 + tf.round(tf.math.log(side * tf.sqrt(image_area) / CANONICAL_SIZE) / tf.math.log(2.0))
+    level = 4.0 + tf.round(tf.math.log(side * tf.sqrt(image_area) / canonical_size) / tf.math.log(2.0))
     return tf.cast(tf.clip_by_value(level, 2.0, 5.0), tf.int32)
 
 
-def pyramid_roi_align(boxes, image_hw, feature_maps, pool_shape):
+def pyramid_roi_align(boxes, image_hw, feature_maps, pool_shape, canonical_size: float = CANONICAL_SIZE):
     """Crop-and-resize every box from its pyramid level (one bilinear sample per bin).
 
     Gradients flow into the feature maps, not into the boxes.
@@ -41,12 +44,13 @@ def pyramid_roi_align(boxes, image_hw, feature_maps, pool_shape):
         image_hw: float32 [2] molded image (height, width).
         feature_maps: [P2, P3, P4, P5], each float32 or bfloat16 [B, h_l, w_l, C].
         pool_shape: (ph, pw), e.g. (7, 7) for the classifier, (14, 14) for the mask head.
+        canonical_size: ROI side that maps to P4 (see `roi_levels`).
 
     Returns:
         float32 [B, N, ph, pw, C] pooled features in the order of `boxes`.
     """
     boxes = tf.stop_gradient(boxes)
-    levels = roi_levels(boxes, image_hw)
+    levels = roi_levels(boxes, image_hw, canonical_size)
     pooled, positions = [], []
     for level, feature_map in zip(PYRAMID_LEVELS, feature_maps):
         position = tf.where(tf.equal(levels, level))  # int64 [n, 2] (image, box)
@@ -79,11 +83,12 @@ class PyramidROIAlign(keras.layers.Layer):
     to get wrong).
     """
 
-    def __init__(self, pool_shape, name: str, **kwargs):
+    def __init__(self, pool_shape, name: str, canonical_size: float = CANONICAL_SIZE, **kwargs):
         super().__init__(name=name, **kwargs)
         self.pool_shape = (int(pool_shape[0]), int(pool_shape[1]))
+        self.canonical_size = float(canonical_size)
         self.supports_jit = False  # data-dependent gathers per level
         self.built = True
 
     def call(self, boxes, image_hw, feature_maps):
-        return pyramid_roi_align(boxes, image_hw, list(feature_maps), self.pool_shape)
+        return pyramid_roi_align(boxes, image_hw, list(feature_maps), self.pool_shape, self.canonical_size)

@@ -403,3 +403,12 @@ def test_mask_target_of_a_roi_wider_than_its_book(use_mini_mask):
         expected = np.zeros((28, 28), np.float32)
         expected[:, 4:25] = 1.0
         np.testing.assert_array_equal(targets.numpy()[0], expected)
+
+
+def test_a_larger_canonical_size_pools_rois_one_level_finer():
+    boxes = tf.constant([[[0.0, 0.0, 0.25, 0.25], [0.0, 0.0, 0.05, 0.4], [0.0, 0.0, 0.9, 0.9]]])
+    image_hw = tf.constant([512.0, 512.0])
+    fpn = roi_levels(boxes, image_hw).numpy()
+    finer = roi_levels(boxes, image_hw, canonical_size=448.0).numpy()
+    np.testing.assert_array_equal(fpn, [[3, 2, 5]])
+    np.testing.assert_array_equal(finer, [[2, 2, 4]])
