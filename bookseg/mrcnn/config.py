@@ -150,6 +150,14 @@ class MrcnnConfig:
                 f"mask_shape={tuple(self.mask_shape)} must be twice mask_pool_size={self.mask_pool_size} "
                 "(the mask head upsamples once by 2)",
             )
+        for name in ("pool_size", "mask_pool_size"):
+            if getattr(self, name) < 1:
+                bad(name, f"{name}={getattr(self, name)} must be >= 1")
+        if self.roi_canonical_size <= 0:
+            bad(
+                "roi_canonical_size",
+                f"roi_canonical_size={self.roi_canonical_size} must be positive (224: FPN's)",
+            )
         if not 0 < self.roi_positive_ratio <= 1:
             bad("roi_positive_ratio", f"roi_positive_ratio={self.roi_positive_ratio} must be in (0, 1]")
         if self.images_per_batch < 1:

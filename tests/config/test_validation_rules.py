@@ -41,6 +41,8 @@ def test_mrcnn_config_lists_every_problem_with_its_field():
         ),
         (["anchors.scales=[32,64,128]"], "anchors.scales has 3 values but the pyramid has 5 levels"),
         (["anchors.stride=0"], "anchors.stride=0 must be >= 1"),
+        (["model.roi_canonical_size=0"], "model.roi_canonical_size=0.0 must be positive"),
+        (["model.mask_pool_size=0"], "model.mask_pool_size=0 must be >= 1"),
         (["model.tiny_channels=[8,16]"], "model.tiny_channels needs 4 widths (C2..C5), got [8, 16]"),
         (["model.backbone=vgg"], "model.backbone='vgg': use resnet50, resnet101 or tiny"),
         (["optimizer.weight_decay_mode=l1"], "optimizer.weight_decay_mode='l1': use matterport or l2"),
