@@ -36,6 +36,7 @@ import keras
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 from matplotlib.patches import Rectangle
 
 from bookseg.config import factory
@@ -100,6 +101,7 @@ def show(ax, image, title):
 
 # %%
 keras.utils.set_random_seed(SEED)
+tf.config.experimental.enable_op_determinism()  # the same model and figures on every run
 if RUN_ID or WEIGHTS_FILE:
     from bookseg.experiment.data import load_data
     from bookseg.inference.trained_model import load_from_run, load_from_weights
