@@ -130,3 +130,24 @@ def test_common_workload_matches_the_issue():
     assert common.reference_gflops("train_per_step_2_images", 512) == 797.0
     # At 1024 px the backbone/FPN/RPN work (229 - 131 GFLOPs) grows 4x, the heads' does not.
     assert common.reference_gflops("inference_per_image", 1024) == pytest.approx(131 + 4 * 98)
+
+
+def test_mask_gap_scores_a_fold_model_on_its_validation_books(smoke_sweep):
+    from tests.conftest import cli_env
+
+    parent = smoke_sweep.parents[0]
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "mask_gap.py"), "--run", parent.info.run_id, "--fold", "1"],
+        cwd=smoke_sweep.root,
+        env=cli_env(smoke_sweep.root),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    books = int(re.search(r"validation images, (\d+) books", proc.stdout).group(1))
+    assert books > 0
+    band_rows = re.findall(r"^\| (\d\.\d-\d\.\d) \| (\d+) \|", proc.stdout, re.MULTILINE)
+    assert [band for band, _ in band_rows] == ["0.0-0.4", "0.4-0.6", "0.6-0.8", "0.8-1.0"]
+    assert sum(int(count) for _, count in band_rows) == books
