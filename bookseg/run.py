@@ -57,12 +57,15 @@ def job_directory(cfg: DictConfig, key: str) -> tuple[Path, object]:
 def run(cfg: DictConfig, opened: dict) -> float:
     """The job; `opened["run_id"]` is set once the MLflow parent run exists (for failure reporting)."""
     validate(cfg)
-    for warning in config_warnings(cfg):
-        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     # Imported after validation so that `--cfg job`, `--help` and config errors do not wait for TensorFlow.
     from bookseg.experiment.cv import aggregate, cross_validate, log_config, results_table
     from bookseg.experiment.data import fingerprint, load_data, load_test_data
-    from bookseg.tracking.registry import check_registration, register_job_model
+    from bookseg.experiment.fold import check_initial_weights
+    from bookseg.inference.registry import check_registration, register_job_model
+
+    check_initial_weights(cfg)  # model.weights resolved (downloaded once): a bad one fails before training
+    for warning in config_warnings(cfg):
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
 
     check_registration(cfg.tracking)  # a bad tracking.register_model fails now, not after training
 

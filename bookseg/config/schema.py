@@ -88,7 +88,7 @@ class ModelConfig:
     detection_max_instances: int = _MODEL.detection_max_instances
     detection_min_confidence: float = _MODEL.detection_min_confidence
     detection_nms_threshold: float = _MODEL.detection_nms_threshold
-    # start from: path (h5) | coco | imagenet | run:<run id> (bookseg.mrcnn.pretrained); None: from scratch
+    # start from: path (h5) | coco | imagenet | run:<run id> (bookseg.inference.starting_weights); None: from scratch
     weights: Optional[str] = None
     weights_exclude: list[str] = field(default_factory=list)  # layer names not to load
 

@@ -8,7 +8,9 @@ with the config key that set the value. The rules here are the runner's own (dat
 augmentation, ...).
 
 Order: the runner's rules and the model's (no TensorFlow needed) are listed together; the training
-objects' rules (which import Keras) only when those pass, and the weights (which may download) last.
+objects' rules (which import Keras) only when those pass. `model.weights` is only checked to be a name or an
+existing file here: resolving it (a download, or an MLflow run's weights) is the runner's next step
+(`bookseg.experiment.fold.check_initial_weights`, reported through `raise_problems` in the same words).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from bookseg.config.factory import config_key, lr_schedule, mrcnn_config, optimi
 from bookseg.data.augment import build_augmentation
 from bookseg.data.copy_paste import settings_problems as copy_paste_problems
 from bookseg.mrcnn.config import MrcnnConfigError
-from bookseg.mrcnn.pretrained import WeightsSourceError, is_named, resolve_config_weights
+from bookseg.mrcnn.pretrained import is_named
 
 # Per-fold metrics the CV loop aggregates (kept here so validation does not import TensorFlow).
 FOLD_METRICS = ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "box_ap75", "mask_ap50_matterport")
@@ -109,9 +111,11 @@ def validate(cfg: DictConfig) -> None:
 
     if not problems:  # the training objects' own checks: they import Keras, not worth it for a broken config
         problems += optimizer_problems(cfg) + stage_problems(cfg)
-    if not problems:  # last: a named file may download (hundreds of MB), not worth it for a broken config
-        problems += weights_problems(cfg)
+    raise_problems(problems)
 
+
+def raise_problems(problems: list[str]) -> None:
+    """Raise ConfigError listing `problems` (one per line), if there are any."""
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 
@@ -188,21 +192,6 @@ def stage_problems(cfg: DictConfig) -> list[str]:
             scaled = f" (learning_rate x lr_scale={cfg.lr_scale})" if cfg.lr_scale != 1 else ""
             problems.append(f"{where}{scaled}: {exc}")
     return problems
-
-
-def weights_problems(cfg: DictConfig) -> list[str]:
-    """`model.weights` resolved to a local file (`coco` / `imagenet` downloaded and verified on first use,
-    `run:<id>` fetched from MLflow), so a missing or corrupt file stops the job before anything trains; for
-    `run:<id>`, also whether the run's model has as many anchor ratios as this config."""
-    try:
-        resolved = resolve_config_weights(cfg)
-    except WeightsSourceError as exc:
-        return [str(exc)]
-    if resolved is None or resolved.run_id is None:
-        return []
-    a = cfg.anchors
-    mismatch = resolved.mismatch_hint(int(a.auto_ratios if a.auto and a.auto_ratios else len(a.ratios)))
-    return [f"model.weights={cfg.model.weights!r}: {mismatch}"] if mismatch else []
 
 
 def config_warnings(cfg: DictConfig) -> list[str]:

@@ -11,7 +11,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from bookseg.config import factory
-from bookseg.config.validate import FOLD_METRICS
+from bookseg.config.validate import FOLD_METRICS, raise_problems
 from bookseg.data.images import load_image_rgb
 from bookseg.data.records import ImageRecord
 from bookseg.experiment.anchors_fit import fold_anchor_config, ratio_count
@@ -151,11 +151,37 @@ def run_fold(
     return metrics
 
 
+def check_initial_weights(cfg: DictConfig) -> None:
+    """Resolve `model.weights` to a local file (`coco` / `imagenet` downloaded and verified on first use,
+    `run:<id>` fetched from MLflow), so a missing or corrupt file stops the job before anything trains; for
+    `run:<id>`, also check that the run's model has as many anchor ratios as this config. The runner calls
+    this right after `validate`.
+
+    Raises:
+        ConfigError: worded as `validate`'s ("invalid config:" and the problem, naming `model.weights`).
+    """
+    from bookseg.inference.starting_weights import resolve_config_weights
+    from bookseg.mrcnn.pretrained import WeightsSourceError
+
+    problems = []
+    try:
+        resolved = resolve_config_weights(cfg)
+    except WeightsSourceError as exc:
+        problems.append(str(exc))
+    else:
+        if resolved is not None and resolved.run_id is not None:
+            a = cfg.anchors
+            ratios = int(a.auto_ratios if a.auto and a.auto_ratios else len(a.ratios))
+            if mismatch := resolved.mismatch_hint(ratios):
+                problems.append(f"model.weights={cfg.model.weights!r}: {mismatch}")
+    raise_problems(problems)
+
+
 def _load_initial_weights(cfg: DictConfig, model, index: int | str):
-    """Load `model.weights` (a path, `coco`, `imagenet` or `run:<id>`, resolved as validation did) into
-    `model`; returns the `LoadReport`. For `run:<id>` weights that do not fit, the error says which anchors
-    the run trained with."""
-    from bookseg.mrcnn.pretrained import resolve_config_weights
+    """Load `model.weights` (a path, `coco`, `imagenet` or `run:<id>`, resolved as
+    `check_initial_weights` did) into `model`; returns the `LoadReport`. For `run:<id>` weights that do not
+    fit, the error says which anchors the run trained with."""
+    from bookseg.inference.starting_weights import resolve_config_weights
     from bookseg.mrcnn.weights import WeightLoadError, load_weights
 
     start = resolve_config_weights(cfg)

@@ -1,20 +1,17 @@
-"""Named starting weights: `model.weights` = a path | `coco` | `imagenet` | `run:<run id>`, as a local file.
+"""Named starting weights of the model layer: `model.weights` = a path | `coco` | `imagenet`, as a local file.
 
 * `coco`: matterport's `mask_rcnn_coco.h5` (ResNet-101 Mask R-CNN trained on COCO, legacy h5 layout).
 * `imagenet`: Keras' ImageNet ResNet "notop" h5 of `model.backbone` (resnet50 or resnet101; `tiny` has none).
-* `run:<run id>`: the weights a bookseg MLflow run logged (a job: its final model, else its best fold; a
-  fold's run: that fold), from the job's tracking store (`bookseg.inference.trained_model.run_weights`).
 * anything else: a path to an h5 file, as before.
+
+`run:<run id>` (the weights a bookseg MLflow run logged) is a name too (`is_named`), but it is resolved
+above the model layer, by `bookseg.inference.starting_weights`, which hands everything else to `weights_file`.
 
 Downloaded files live in `weights_cache_dir()` (`$BOOKSEG_CACHE/weights`, default `./.cache/bookseg/weights`),
 fetched once with a progress bar into a temporary name and renamed only after their digest matched, then
 reused (and checked again) on later runs. Every downloadable file is pinned in `PINNED`, the one place that
 says where a name comes from and what its bytes must hash to. `$BOOKSEG_WEIGHTS_URL_BASE` replaces each
 URL's part before the file name (a mirror, or a local server in tests).
-
-`resolve_weights` / `resolve_config_weights` are what config validation and the fold's training call, so a
-download that fails stops the job before anything trains, with the URL, the expected digest and the path to
-put the file at by hand.
 """
 
 from __future__ import annotations
@@ -95,31 +92,6 @@ PINNED: dict[str, PinnedFile] = {
 }
 
 
-@dataclass(frozen=True)
-class ResolvedWeights:
-    """A `model.weights` value turned into a local file.
-
-    Attributes:
-        spec: the value as configured (`coco`, `imagenet`, `run:<id>`, or a path).
-        path: the local file to load.
-        source: human-readable origin, printed when the weights are loaded.
-        run_id, tracking_uri: set for `run:<id>` (where `mismatch_hint` looks up the run's anchors).
-    """
-
-    spec: str
-    path: Path
-    source: str
-    run_id: str | None = None
-    tracking_uri: str | None = None
-
-    def mismatch_hint(self, ratios_here: int) -> str | None:
-        """For `run:<id>` weights that do not fit a model with `ratios_here` anchor ratios: the run's anchors
-        and what to set, when the anchor counts differ; None otherwise."""
-        if self.run_id is None:
-            return None
-        return run_anchor_mismatch(self.run_id, self.tracking_uri, ratios_here)
-
-
 def weights_cache_dir() -> Path:
     """Folder of downloaded weights: `$BOOKSEG_CACHE/weights`, default `./.cache/bookseg/weights`."""
     base = os.environ.get(CACHE_ENV) or str(Path.cwd() / ".cache" / "bookseg")
@@ -139,46 +111,26 @@ def is_named(spec: str) -> bool:
     return spec in ("coco", "imagenet") or spec.startswith(RUN_PREFIX)
 
 
-def resolve_weights(
-    spec: str, *, backbone: str, tracking_uri: str | None = None, cache_dir: Path | None = None
-) -> ResolvedWeights:
-    """The local file behind a `model.weights` value, downloading a named one on first use.
+def weights_file(spec: str, *, backbone: str, cache_dir: Path) -> tuple[Path, str]:
+    """The local file behind `coco`, `imagenet` or a path, downloading a named one on first use, and its
+    human-readable origin (printed when the weights are loaded).
 
     Args:
-        spec: `coco`, `imagenet`, `run:<run id>`, or a path to an h5 file.
+        spec: `coco`, `imagenet`, or a path to an h5 file.
         backbone: `model.backbone` (chooses the ImageNet file).
-        tracking_uri: MLflow store of `run:<id>` (None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).
-        cache_dir: download folder (default `weights_cache_dir()`).
+        cache_dir: download folder (normally `weights_cache_dir()`).
 
     Raises:
-        WeightsSourceError: starting with `model.weights=<spec>:`: no such file, a backbone without ImageNet
-            weights, a failed or corrupt download, an unknown run or a run without weights.
+        WeightsSourceError: no such file, a backbone without ImageNet weights, a failed or corrupt download.
     """
-    cache_dir = Path(cache_dir) if cache_dir is not None else weights_cache_dir()
-    try:
-        if spec.startswith(RUN_PREFIX):
-            return _resolve_run(spec, tracking_uri, cache_dir)
-        if spec in ("coco", "imagenet"):
-            entry = PINNED["coco" if spec == "coco" else imagenet_key(backbone)]
-            path = fetch(entry, cache_dir, label=f"model.weights={spec}")
-            return ResolvedWeights(spec, path, f"{spec} ({path}, from {download_url(entry)})")
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise WeightsSourceError("no such file (give an h5 file, or coco | imagenet | run:<run id>)")
-        return ResolvedWeights(spec, path, f"file {path}")
-    except WeightsSourceError as error:
-        raise WeightsSourceError(f"model.weights={spec!r}: {error}") from error
-
-
-def resolve_config_weights(cfg, cache_dir: Path | None = None) -> ResolvedWeights | None:
-    """`resolve_weights` for a composed bookseg config (`model.weights`, `model.backbone`, its tracking
-    store); None when `model.weights` is not set."""
-    spec = cfg.model.weights
-    if not spec:
-        return None
-    tracking = cfg.get("tracking")
-    uri = tracking.get("tracking_uri") if tracking is not None else None
-    return resolve_weights(str(spec), backbone=cfg.model.backbone, tracking_uri=uri, cache_dir=cache_dir)
+    if spec in ("coco", "imagenet"):
+        entry = PINNED["coco" if spec == "coco" else imagenet_key(backbone)]
+        path = fetch(entry, cache_dir, label=f"model.weights={spec}")
+        return path, f"{spec} ({path}, from {download_url(entry)})"
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise WeightsSourceError("no such file (give an h5 file, or coco | imagenet | run:<run id>)")
+    return path, f"file {path}"
 
 
 def imagenet_key(backbone: str) -> str:
@@ -326,48 +278,4 @@ def _fetch_error(entry: PinnedFile, url: str, path: Path, reason: str) -> Weight
         f"    URL: {url}\n"
         f"    expected digest: {entry.expected()}\n"
         f"    Download it another way and put it at {path}, then run the command again."
-    )
-
-
-# ------------------------------------------------------------------------------------------ run:<id>
-
-
-def _resolve_run(spec: str, tracking_uri: str | None, cache_dir: Path) -> ResolvedWeights:
-    from bookseg.inference.trained_model import ModelSourceError, resolve_tracking_uri, run_weights
-
-    run_id = spec[len(RUN_PREFIX) :].strip()
-    if not run_id:
-        raise WeightsSourceError(
-            "give the MLflow run id after 'run:' (a job's parent run, or one fold's run)"
-        )
-    uri = resolve_tracking_uri(tracking_uri)
-    try:
-        path = run_weights(run_id, uri, cache_dir / "runs")
-    except ModelSourceError as error:
-        raise WeightsSourceError(str(error)) from error
-    return ResolvedWeights(spec, path, f"{spec} ({path}, from MLflow store {uri})", run_id, uri)
-
-
-def run_anchor_mismatch(run_id: str, tracking_uri: str | None, ratios_here: int) -> str | None:
-    """When run `run_id`'s model used another number of anchor ratios than `ratios_here`: what to set.
-
-    A Keras 3 weights file fits only the architecture it was saved from, and the number of anchor ratios
-    sizes the RPN head. A run trained with `anchors.auto` used per-fold fitted anchors (logged on the fold's
-    run), so its model expects those. None when the counts agree, or the run's anchors cannot be looked up.
-    """
-    from bookseg.inference.trained_model import ModelSourceError, run_anchors
-
-    try:
-        anchors = run_anchors(run_id, tracking_uri)
-    except ModelSourceError:
-        return None
-    if len(anchors.ratios) == ratios_here:
-        return None
-    scales = "[" + ",".join(f"{s:g}" for s in anchors.scales) + "]"
-    ratios = "[" + ",".join(f"{r:g}" for r in anchors.ratios) + "]"
-    return (
-        f"run {run_id} is {anchors.model}, trained with anchors.scales={scales} anchors.ratios={ratios} "
-        f"({len(anchors.ratios)} anchor ratios), this config has {ratios_here}: its weights do not fit. "
-        f"Fine-tune with the run's anchors: anchors.auto=false 'anchors.scales={scales}' 'anchors.ratios={ratios}' "
-        f"(or keep anchors.auto=true with anchors.auto_ratios={len(anchors.ratios)})"
     )

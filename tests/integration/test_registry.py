@@ -36,8 +36,7 @@ from bookseg.data.images import load_image_rgb
 from bookseg.data.records import rasterize_polygon
 from bookseg.data.synthetic import generate_shelves, synthetic_dataset_path
 from bookseg.inference.predict_outputs import detection_polygon
-from bookseg.inference.trained_model import load_from_run
-from bookseg.tracking.registry import (
+from bookseg.inference.registry import (
     OUTPUT_COLUMNS,
     check_registration,
     decode_image,
@@ -47,6 +46,7 @@ from bookseg.tracking.registry import (
     register_job_model,
     summary_tags,
 )
+from bookseg.inference.trained_model import load_from_run
 
 SUMMARY = {
     "cv/mask_ap50_mean": 0.5,

@@ -68,10 +68,10 @@ ARTIFACT_WEIGHTS = "weights"
 ARTIFACT_CONFIG = "config"
 ARTIFACT_CLASS_NAMES = "class_names"
 # The "models from code" file logged with the model: all it does is hand MLflow the pyfunc.
-_MODEL_CODE = '''"""bookseg book outlines: the pyfunc is bookseg.tracking.registry.BookOutlinesModel."""
+_MODEL_CODE = '''"""bookseg book outlines: the pyfunc is bookseg.inference.registry.BookOutlinesModel."""
 import mlflow
 
-from bookseg.tracking.registry import BookOutlinesModel
+from bookseg.inference.registry import BookOutlinesModel
 
 mlflow.models.set_model(BookOutlinesModel())
 '''
@@ -416,7 +416,7 @@ def version_description(trained, parent_run_id: str, summary: dict[str, float]) 
             lines.append(f"  {key}: {_number(summary[key])}")
     lines.append(
         f"Input: DataFrame column '{INPUT_COLUMN}' = base64 image file; output: one row per book "
-        f"({', '.join(OUTPUT_COLUMNS)}); see bookseg.tracking.registry."
+        f"({', '.join(OUTPUT_COLUMNS)}); see bookseg.inference.registry."
     )
     return "\n".join(lines)
 
