@@ -15,12 +15,12 @@ setup: ## Install bookseg and its dependencies (editable) into the current Pytho
 	$(PYTHON) -m pip install -e ".[dev]"
 
 lint: ## ruff: lint rules and formatting (what `make test` checks first)
-	$(PYTHON) -m ruff check bookseg tests benchmarks notebooks
-	$(PYTHON) -m ruff format --check bookseg tests benchmarks notebooks
+	$(PYTHON) -m ruff check bookseg hydra_plugins samples tests benchmarks notebooks
+	$(PYTHON) -m ruff format --check bookseg hydra_plugins samples tests benchmarks notebooks
 
 format: ## Apply ruff's formatting and safe fixes
-	$(PYTHON) -m ruff format bookseg tests benchmarks notebooks
-	$(PYTHON) -m ruff check --fix bookseg tests benchmarks notebooks
+	$(PYTHON) -m ruff format bookseg hydra_plugins samples tests benchmarks notebooks
+	$(PYTHON) -m ruff check --fix bookseg hydra_plugins samples tests benchmarks notebooks
 
 test: lint ## Lint, then run the default test suite (minutes; long runs excluded); fails if no test ran
 	$(PYTHON) -m pytest -m "not slow" -q --durations=15; rc=$$?; \

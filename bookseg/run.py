@@ -141,6 +141,9 @@ def main(cfg: DictConfig) -> float:
         # An exception inside the parent run marks it FAILED on exit; in a sweep, one that happens before
         # (bad config, unreadable data) still gets a FAILED run, so no point vanishes from MLflow. The
         # sweeper gets a NaN objective and goes on with the other points.
+        # An Optuna trial stopped by the pruner after a fold is expected, not an error (name checked so
+        # that runs outside Optuna sweeps need not import optuna).
+        pruned = type(exc).__name__ == "TrialPruned"
         run_id = opened.get("run_id") or record_failed_job(cfg, _overrides(), exc)
         record_sweep_point(
             _overrides(),
@@ -148,9 +151,12 @@ def main(cfg: DictConfig) -> float:
             cfg.optimized_metric,
             float("nan"),
             float("nan"),
-            error=f"{type(exc).__name__}: {exc}",
+            error=f"pruned: {exc}" if pruned else f"{type(exc).__name__}: {exc}",
         )
-        traceback.print_exc()
+        if pruned:
+            print(f"trial pruned: {exc}", flush=True)
+        else:
+            traceback.print_exc()
         return float("nan")
 
 

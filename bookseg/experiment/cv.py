@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bookseg.data.folds import load_folds, make_folds, save_folds, split
 from bookseg.experiment.fold import FOLD_METRICS, run_fold, total_epochs
+from bookseg.sweep.trial import sweep_trial
 from bookseg.tracking import FINAL
 from bookseg.tracking.callbacks import JobProgress
 from bookseg.tracking.mlflow_runs import RunState, open_fold_run
@@ -52,11 +53,13 @@ def cross_validate(
     final_todo = cfg.cv.final and "metrics" not in state.fold(FINAL)
     progress = JobProgress(total_epochs(cfg) * (len(todo) + final_todo), cfg.stages.steps_per_epoch)
     results: dict[int, dict[str, float]] = {}
-    for index in selected:
+    trial = sweep_trial(cfg)  # Optuna sweep: each fold's metric is reported, a hopeless trial pruned
+    for step, index in enumerate(selected):
         fold_state = state.fold(index)
         if fold_state.get("metrics"):
             print(f"fold {index}: already finished in this run, not trained again", flush=True)
             results[index] = fold_state["metrics"]
+            trial.fold_done(step, results[index], last=step == len(selected) - 1)
             continue
         train, val = split(dataset.records, folds, index)
         print(f"fold {index}: {len(train)} training / {len(val)} validation images", flush=True)
@@ -83,6 +86,7 @@ def cross_validate(
         state.save()
         print(f"fold {index}: " + "  ".join(f"{k}={v:.3f}" for k, v in metrics.items()), flush=True)
         results[index] = metrics
+        trial.fold_done(step, metrics, last=step == len(selected) - 1)
     if cfg.cv.final:
         results[FINAL] = train_final(cfg, dataset, job_dir, state, test, progress)
     return results
