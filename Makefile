@@ -3,9 +3,14 @@ PYTHON ?= python
 EXP ?= smoke
 SWEEP ?= anchors
 PORT ?= 5000
+# `make server`: plain `=` so that only the command line (make server HOST=0.0.0.0) changes the bind address,
+# not a HOST some shells export.
+HOST = 127.0.0.1
+SERVER_STORE ?= sqlite:///mlflow-server.db
+SERVER_ARTIFACTS ?= mlflow-server-artifacts
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lint format test test-all run experiment sweep ui print-config check-data clean
+.PHONY: help setup lint format test test-all run experiment sweep ui server print-config check-data clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -41,6 +46,11 @@ sweep: ## Run a sweep preset: make sweep SWEEP=anchors (conf/sweep/)
 ui: ## Serve the MLflow UI on http://127.0.0.1:$(PORT) for $$MLFLOW_TRACKING_URI, else ./mlflow.db
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(PYTHON) -m mlflow ui \
 	    --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" --host 127.0.0.1 --port $(PORT) --workers 1
+
+server: ## Shared tracking server on http://$(HOST):$(PORT): runs in $(SERVER_STORE), artifacts proxied
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(PYTHON) -m mlflow server \
+	    --backend-store-uri "$(SERVER_STORE)" --artifacts-destination "$(SERVER_ARTIFACTS)" \
+	    --host $(HOST) --port $(PORT) --workers 1
 
 print-config: ## Print the resolved config of an experiment: make print-config EXP=anchors_small
 	$(PYTHON) -m bookseg.run +experiment=$(EXP) --cfg job --resolve
