@@ -25,7 +25,7 @@ from bookseg.config.schema import register_configs
 from bookseg.config.validate import config_warnings, validate
 from bookseg.tracking.hydra_callbacks import record_sweep_point
 from bookseg.tracking.mlflow_runs import RunState, open_parent_run, record_failed_job, run_key, tracking_uri
-from bookseg.tracking.server_check import TrackingServerUnreachable, check_tracking_server
+from bookseg.tracking.server_check import exit_if_unreachable
 
 register_configs()
 
@@ -134,10 +134,7 @@ def _in_sweep() -> bool:
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     opened: dict = {}
-    try:  # before any data is loaded; an unreachable server would otherwise cost minutes of retries
-        check_tracking_server(tracking_uri(cfg))
-    except TrackingServerUnreachable as exc:
-        sys.exit(f"error: {exc}")  # one line, no traceback (also stops a sweep: every point would fail)
+    exit_if_unreachable(tracking_uri(cfg))  # before any data is loaded, instead of minutes of retries
     try:
         return run(cfg, opened)
     except Exception as exc:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -26,12 +25,9 @@ class PrepareTrackingStore(Callback):
         from mlflow.tracking import MlflowClient
 
         from bookseg.tracking.mlflow_runs import tracking_uri
-        from bookseg.tracking.server_check import TrackingServerUnreachable, check_tracking_server
+        from bookseg.tracking.server_check import exit_if_unreachable
 
-        try:  # SystemExit, unlike other exceptions, is not turned into a warning by Hydra
-            check_tracking_server(tracking_uri(config))
-        except TrackingServerUnreachable as exc:
-            sys.exit(f"error: {exc}")
+        exit_if_unreachable(tracking_uri(config))
         client = MlflowClient(tracking_uri=tracking_uri(config))
         if client.get_experiment_by_name(config.tracking.experiment) is None:
             client.create_experiment(config.tracking.experiment)

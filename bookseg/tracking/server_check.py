@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -57,3 +58,12 @@ def check_tracking_server(uri: str, timeout: float = TIMEOUT_S) -> None:
         f"MLflow tracking server {shown} is not reachable ({reason}): start it (`make server`, README "
         f"'Team setup') or unset MLFLOW_TRACKING_URI / tracking.tracking_uri to log to sqlite:///mlflow.db"
     )
+
+
+def exit_if_unreachable(uri: str) -> None:
+    """`check_tracking_server`, ending the process with its one-line message on failure (no traceback;
+    SystemExit also gets through Hydra's callbacks, which turn other exceptions into warnings)."""
+    try:
+        check_tracking_server(uri)
+    except TrackingServerUnreachable as exc:
+        sys.exit(f"error: {exc}")
