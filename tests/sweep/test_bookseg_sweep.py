@@ -14,24 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.integration.conftest import CliRunner
-
-# tests/integration/test_run_cli.py's job that learns in about a minute (its reference reaches mask AP50 > 0.3).
-LEARNING_OVERRIDES = (
-    "+experiment=smoke",
-    "model=tiny",
-    "optimizer=adamw",
-    "anchors=spines",
-    "stages=scratch",
-    "stages.schedule.0.learning_rate=0.003",
-    "stages.schedule.0.epochs=12",
-    "stages.steps_per_epoch=20",
-    "data.synthetic.n_images=16",
-    "data.synthetic.height=256",
-    "data.synthetic.width=256",
-    "model.image_min_dim=256",
-    "model.image_max_dim=256",
-    "eval.max_images=null",
-)
+from tests.integration.test_run_cli import LEARNING_OVERRIDES  # its reference reaches mask AP50 > 0.3
 
 
 @pytest.mark.slow  # one real smoke training (~1 min on 2 cores); tests/sweep/test_optuna_study.py is fast
