@@ -84,6 +84,8 @@ class ModelConfig:
     mini_mask_size: int = _MODEL.mini_mask_shape[0]  # -> mini_mask_shape (square)
     # ROI side (px) pooled from P4 (FPN's 224); 448 pools every ROI one level finer (thin books at 512 px)
     roi_canonical_size: float = _MODEL.roi_canonical_size
+    # extra box heads, one IoU threshold each (Cascade R-CNN): [] = one head; [0.6] refines the boxes once more
+    cascade_iou_thresholds: list[float] = field(default_factory=lambda: list(_MODEL.cascade_iou_thresholds))
     mask_pool_size: int = _MODEL.mask_pool_size  # ROI Align size of the mask head; its masks are twice that
     detection_max_instances: int = _MODEL.detection_max_instances
     detection_min_confidence: float = _MODEL.detection_min_confidence

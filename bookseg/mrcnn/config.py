@@ -54,6 +54,9 @@ class MrcnnConfig:
     roi_canonical_size: float = (
         224.0  # ROI side (molded px) pooled from P4; halving it moves every ROI one level up
     )
+    # One IoU threshold per extra box head after the first (Cascade R-CNN, see cascade.py): () is
+    # matterport's single head; (0.6,) adds a head trained on the first head's boxes, positives at IoU 0.6.
+    cascade_iou_thresholds: tuple[float, ...] = ()
     mask_pool_size: int = 14
     mask_shape: tuple[int, int] = (28, 28)
     use_mini_mask: bool = True
@@ -157,6 +160,12 @@ class MrcnnConfig:
             bad(
                 "roi_canonical_size",
                 f"roi_canonical_size={self.roi_canonical_size} must be positive (224: FPN's)",
+            )
+        if not all(0 < t < 1 for t in self.cascade_iou_thresholds):
+            bad(
+                "cascade_iou_thresholds",
+                f"cascade_iou_thresholds={list(self.cascade_iou_thresholds)} must lie in (0, 1), "
+                "one per extra box head (e.g. [0.6] or [0.6, 0.7])",
             )
         if not 0 < self.roi_positive_ratio <= 1:
             bad("roi_positive_ratio", f"roi_positive_ratio={self.roi_positive_ratio} must be in (0, 1]")

@@ -109,6 +109,45 @@ def mask_targets(masks, crop_boxes, mask_shape):
     return tf.round(tf.squeeze(crops, axis=3))
 
 
+def roi_mask_targets(rois, roi_gt_boxes, roi_masks, config, image_hw=None):
+    """Mask targets of ROIs from the (mini) masks of the GT boxes they are assigned to.
+
+    Args:
+        rois: float32 [N, 4] normalised ROIs.
+        roi_gt_boxes: float32 [N, 4] normalised GT box of each ROI (the mini mask's frame).
+        roi_masks: float32 [N, mh, mw, 1] that GT's mini mask (or its full-image mask if not
+            `config.use_mini_mask`).
+        config: `MrcnnConfig` (use_mini_mask, mask_shape, image_shape).
+        image_hw: (H, W) of the molded image, see `detection_targets_one_image`.
+
+    Returns:
+        float32 [N, mask_h, mask_w] of 0 / 1.
+    """
+    # Normalised boxes put pixel y at y / (size - 1) with y2 inclusive; `mask_targets` wants the ROI's
+    # pixel edges as fractions of the mask's frame: the GT box for mini masks, the image otherwise.
+    if config.use_mini_mask:
+        if image_hw is None and config.image_shape[0] is None:
+            raise ValueError("detection targets with mini masks need image_hw for a non-square resize mode")
+        h, w = (float(s) for s in (image_hw or config.image_shape[:2]))
+        frame = tf.unstack(roi_gt_boxes, axis=1)
+    else:
+        h, w = (tf.cast(tf.shape(roi_masks)[i], tf.float32) for i in (1, 2))
+        frame = [0.0, 0.0, 1.0, 1.0]  # the whole image as a normalised box
+    y1, x1, y2, x2 = tf.unstack(rois, axis=1)
+    fy1, fx1, fy2, fx2 = frame
+    frame_h, frame_w = (fy2 - fy1) * (h - 1) + 1, (fx2 - fx1) * (w - 1) + 1  # pixels
+    crop_boxes = tf.stack(
+        [
+            (y1 - fy1) * (h - 1) / frame_h,
+            (x1 - fx1) * (w - 1) / frame_w,
+            ((y2 - fy1) * (h - 1) + 1) / frame_h,
+            ((x2 - fx1) * (w - 1) + 1) / frame_w,
+        ],
+        axis=1,
+    )
+    return mask_targets(roi_masks, crop_boxes, config.mask_shape)
+
+
 def max_positive_rois(config) -> int:
     """Most positive ROIs sampled per image, int(train_rois_per_image * roi_positive_ratio); they
     fill the leading slots, so the mask head needs only these (see `MaskRCNN.training_outputs`)."""
@@ -179,30 +218,9 @@ def detection_targets_one_image(
     deltas = box_refinement(positive_rois, roi_gt_boxes) / tf.constant(config.bbox_std_dev, tf.float32)
 
     instance_masks = tf.expand_dims(tf.transpose(gt_masks, [2, 0, 1]), -1)  # [G', mh, mw, 1]
-    roi_masks = tf.gather(instance_masks, assignment)
-    # Normalised boxes put pixel y at y / (size - 1) with y2 inclusive; `mask_targets` wants the ROI's
-    # pixel edges as fractions of the mask's frame: the GT box for mini masks, the image otherwise.
-    if config.use_mini_mask:
-        if image_hw is None and config.image_shape[0] is None:
-            raise ValueError("detection targets with mini masks need image_hw for a non-square resize mode")
-        h, w = (float(s) for s in (image_hw or config.image_shape[:2]))
-        frame = tf.unstack(roi_gt_boxes, axis=1)
-    else:
-        h, w = (tf.cast(tf.shape(gt_masks)[i], tf.float32) for i in (0, 1))
-        frame = [0.0, 0.0, 1.0, 1.0]  # the whole image as a normalised box
-    y1, x1, y2, x2 = tf.unstack(positive_rois, axis=1)
-    fy1, fx1, fy2, fx2 = frame
-    frame_h, frame_w = (fy2 - fy1) * (h - 1) + 1, (fx2 - fx1) * (w - 1) + 1  # pixels
-    crop_boxes = tf.stack(
-        [
-            (y1 - fy1) * (h - 1) / frame_h,
-            (x1 - fx1) * (w - 1) / frame_w,
-            ((y2 - fy1) * (h - 1) + 1) / frame_h,
-            ((x2 - fx1) * (w - 1) + 1) / frame_w,
-        ],
-        axis=1,
+    masks = roi_mask_targets(
+        positive_rois, roi_gt_boxes, tf.gather(instance_masks, assignment), config, image_hw
     )
-    masks = mask_targets(roi_masks, crop_boxes, config.mask_shape)
 
     n_rois = n_positive + n_negative
     padding = total - n_rois

@@ -23,8 +23,11 @@ from keras import layers
 from bookseg.mrcnn.normalization import normalize
 
 
-def build_classifier_head(config) -> keras.Model:
+def build_classifier_head(config, stage: int = 1) -> keras.Model:
     """matterport `fpn_classifier_graph` on flattened ROIs.
+
+    `stage` > 1 builds a cascade stage's head (cascade.py): the same layers with "_stage<k>" appended
+    to every name ("fpn_classifier_stage2", "mrcnn_class_conv1_stage2", ...).
 
     Model input: float32 [N, pool, pool, depth] pooled ROI features (N = B * R).
     Model outputs:
@@ -34,18 +37,19 @@ def build_classifier_head(config) -> keras.Model:
     """
     pool, depth, width = config.pool_size, config.top_down_pyramid_size, config.fpn_classif_fc_layers_size
     num_classes = config.num_classes
+    suffix = "" if stage == 1 else f"_stage{stage}"
     pooled = keras.Input(shape=(pool, pool, depth), name="input_pooled_rois")
-    x = layers.Conv2D(width, pool, padding="valid", name="mrcnn_class_conv1")(pooled)
-    x = normalize(x, config.norm, "mrcnn_class_bn1")
+    x = layers.Conv2D(width, pool, padding="valid", name=f"mrcnn_class_conv1{suffix}")(pooled)
+    x = normalize(x, config.norm, f"mrcnn_class_bn1{suffix}")
     x = layers.Activation("relu")(x)
-    x = layers.Conv2D(width, 1, name="mrcnn_class_conv2")(x)
-    x = normalize(x, config.norm, "mrcnn_class_bn2")
+    x = layers.Conv2D(width, 1, name=f"mrcnn_class_conv2{suffix}")(x)
+    x = normalize(x, config.norm, f"mrcnn_class_bn2{suffix}")
     x = layers.Activation("relu")(x)
     shared = layers.Reshape((width,), name="pool_squeeze")(x)
-    class_logits = layers.Dense(num_classes, name="mrcnn_class_logits", dtype="float32")(shared)
-    bbox = layers.Dense(num_classes * 4, name="mrcnn_bbox_fc", dtype="float32")(shared)
+    class_logits = layers.Dense(num_classes, name=f"mrcnn_class_logits{suffix}", dtype="float32")(shared)
+    bbox = layers.Dense(num_classes * 4, name=f"mrcnn_bbox_fc{suffix}", dtype="float32")(shared)
     bbox = layers.Reshape((num_classes, 4), name="mrcnn_bbox", dtype="float32")(bbox)
-    return keras.Model(pooled, [class_logits, bbox], name="fpn_classifier")
+    return keras.Model(pooled, [class_logits, bbox], name=f"fpn_classifier{suffix}")
 
 
 def build_mask_head(config) -> keras.Model:

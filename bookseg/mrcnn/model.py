@@ -2,7 +2,8 @@
 
 The network is made of four Functional sub-models holding every weight, with matterport's layer
 names (matterport's, so its h5 files load by name): `backbone_fpn` (image -> P2..P6), `rpn_model` (shared RPN head),
-`fpn_classifier` and `fpn_mask` (ROI heads on flattened ROIs, see heads.py). The weightless
+`fpn_classifier` and `fpn_mask` (ROI heads on flattened ROIs, see heads.py), plus one
+`fpn_classifier_stage<k>` per cascade stage (cascade.py; none by default). The weightless
 graph layers (`ROI`, `proposal_targets`, `roi_align_*`, `mrcnn_detection`) are wired in Python
 by `training_outputs` (training graph) and `inference_outputs` (inference graph), so one model
 object trains and detects. Anchors are constants computed from the molded image shape (never
@@ -26,6 +27,7 @@ import tensorflow as tf
 from bookseg.mrcnn import losses as L
 from bookseg.mrcnn.anchors import anchors_for
 from bookseg.mrcnn.backbone import backbone_graph
+from bookseg.mrcnn.cascade import refine_rois, refinement_class_ids, stage_targets
 from bookseg.mrcnn.config import LOSS_NAMES, MrcnnConfig
 from bookseg.mrcnn.detection import DetectionLayer
 from bookseg.mrcnn.detection_targets import DetectionTargetLayer, max_positive_rois
@@ -67,7 +69,7 @@ def named_weight_layers(model: MaskRCNN) -> dict[str, keras.layers.Layer]:
     """Every layer that owns weights, keyed by its matterport name; `rpn_model` is one entry.
 
     This is the weight loader's and `set_trainable`'s view of the network. Order: backbone,
-    FPN, rpn_model, classifier head, mask head.
+    FPN, rpn_model, classifier head, mask head, cascade heads.
     """
     named: dict[str, keras.layers.Layer] = {}
 
@@ -80,7 +82,7 @@ def named_weight_layers(model: MaskRCNN) -> dict[str, keras.layers.Layer]:
         if layer.weights:
             add(layer.name, layer)
     add(model.rpn_model.name, model.rpn_model)
-    for head in (model.classifier_head, model.mask_head):
+    for head in (model.classifier_head, model.mask_head, *model.cascade_heads):
         for layer in head.layers:
             if layer.weights:
                 add(layer.name, layer)
@@ -125,6 +127,9 @@ class MaskRCNN(keras.Model):
             )
             self.classifier_head = build_classifier_head(config)
             self.mask_head = build_mask_head(config)
+            self.cascade_heads = [
+                build_classifier_head(config, stage=k + 2) for k in range(len(config.cascade_iou_thresholds))
+            ]
         self.proposal_layer = ProposalLayer(config)
         self.detection_target_layer = DetectionTargetLayer(config)
         self.roi_align_classifier = PyramidROIAlign(
@@ -147,10 +152,11 @@ class MaskRCNN(keras.Model):
     def _features(self, images, training):
         return self.backbone_fpn(images, training=training)
 
-    def _heads(self, rois, image_hw, feature_maps, training):
-        """Classifier on `rois` [B, R, 4] -> class logits [B, R, C], bbox deltas [B, R, C, 4]."""
+    def _heads(self, rois, image_hw, feature_maps, training, head=None):
+        """Box head (`classifier_head` or a cascade head) on `rois` [B, R, 4] -> class logits
+        [B, R, C], bbox deltas [B, R, C, 4]."""
         pooled = self.roi_align_classifier(rois, image_hw, feature_maps[:4])
-        return apply_head(self.classifier_head, pooled, training=training)
+        return apply_head(head or self.classifier_head, pooled, training=training)
 
     def _mask_logits(self, rois, image_hw, feature_maps, training):
         """Mask head on `rois` [B, R, 4] -> logits [B, R, 28, 28, C]."""
@@ -170,7 +176,10 @@ class MaskRCNN(keras.Model):
             rois [B, T, 4], target_class_ids [B, T], target_bbox [B, T, 4], roi_valid [B, T],
             mrcnn_class_logits [B, T, C], mrcnn_bbox [B, T, C, 4]; and for the first
             M = `max_positive_rois(config)` ROIs (where all positives are): target_mask [B, M, 28, 28],
-            mask_class_ids [B, M], mrcnn_mask_logits [B, M, 28, 28, C].
+            mask_class_ids [B, M], mrcnn_mask_logits [B, M, 28, 28, C]. "cascade" lists one dict per
+            cascade stage (cascade.py) with that stage's rois, target_class_ids, target_bbox,
+            roi_valid, mrcnn_class_logits and mrcnn_bbox; with stages, the mask entries are computed
+            on the last stage's rois.
         """
         missing = [key for key in TRAINING_INPUTS if key not in batch]
         if missing:
@@ -200,7 +209,44 @@ class MaskRCNN(keras.Model):
         # positives: running the mask head on that slice gives matterport's loss and gradients
         # (it runs the head on all T ROIs) for a third of the work.
         mask_slots = max_positive_rois(self.config)
-        mask_logits = self._mask_logits(rois[:, :mask_slots], image_hw, feature_maps, training)
+        mask_rois, mask_class_ids = rois[:, :mask_slots], target_class_ids[:, :mask_slots]
+        target_mask = target_mask[:, :mask_slots]
+        cascade = []
+        stage_rois, stage_class_ids, stage_logits, stage_bbox = rois, target_class_ids, class_logits, bbox
+        thresholds = self.config.cascade_iou_thresholds
+        for k, (head, threshold) in enumerate(zip(self.cascade_heads, thresholds)):
+            last = k == len(thresholds) - 1
+            stage_rois = refine_rois(
+                stage_rois,
+                stage_bbox,
+                refinement_class_ids(stage_logits, stage_class_ids),
+                self.config.bbox_std_dev,
+            )
+            stage_class_ids, stage_deltas, stage_valid, *masks = stage_targets(
+                stage_rois,
+                roi_valid,
+                batch["input_gt_class_ids"],
+                gt_boxes,
+                tf.cast(batch["input_gt_masks"], tf.float32),
+                self.config,
+                positive_iou=threshold,
+                with_masks=last,
+                image_hw=(height, width),
+            )
+            stage_logits, stage_bbox = self._heads(stage_rois, image_hw, feature_maps, training, head)
+            cascade.append(
+                {
+                    "rois": stage_rois,
+                    "target_class_ids": stage_class_ids,
+                    "target_bbox": stage_deltas,
+                    "roi_valid": stage_valid,
+                    "mrcnn_class_logits": stage_logits,
+                    "mrcnn_bbox": stage_bbox,
+                }
+            )
+            if last:
+                mask_rois, (mask_class_ids, target_mask) = stage_rois[:, :mask_slots], masks
+        mask_logits = self._mask_logits(mask_rois, image_hw, feature_maps, training)
         return {
             "rpn_class_logits": rpn_class_logits,
             "rpn_bbox": rpn_bbox,
@@ -208,28 +254,39 @@ class MaskRCNN(keras.Model):
             "rois": rois,
             "target_class_ids": target_class_ids,
             "target_bbox": target_bbox,
-            "target_mask": target_mask[:, :mask_slots],
-            "mask_class_ids": target_class_ids[:, :mask_slots],
+            "target_mask": target_mask,
+            "mask_class_ids": mask_class_ids,
             "roi_valid": roi_valid,
             "mrcnn_class_logits": class_logits,
             "mrcnn_bbox": bbox,
             "mrcnn_mask_logits": mask_logits,
+            "cascade": cascade,
         }
 
     def mrcnn_losses(self, batch: dict, training: bool = True, deterministic: bool = False) -> dict:
-        """The five named, unweighted losses of a batch (float32 scalars)."""
+        """The five named, unweighted losses of a batch (float32 scalars). With cascade stages the
+        class and box losses are sums over the box heads (Cai and Vasconcelos weight stages equally)."""
         out = self.training_outputs(batch, training=training, deterministic=deterministic)
         active_class_ids = batch["input_image_meta"][:, 12:]
+        box_stages = [out, *out["cascade"]]
         return {
             "rpn_class_loss": L.rpn_class_loss(batch["input_rpn_match"], out["rpn_class_logits"]),
             "rpn_bbox_loss": L.rpn_bbox_loss(
                 batch["input_rpn_bbox"], batch["input_rpn_match"], out["rpn_bbox"]
             ),
-            "mrcnn_class_loss": L.mrcnn_class_loss(
-                out["target_class_ids"], out["mrcnn_class_logits"], active_class_ids, out["roi_valid"]
+            "mrcnn_class_loss": tf.add_n(
+                [
+                    L.mrcnn_class_loss(
+                        s["target_class_ids"], s["mrcnn_class_logits"], active_class_ids, s["roi_valid"]
+                    )
+                    for s in box_stages
+                ]
             ),
-            "mrcnn_bbox_loss": L.mrcnn_bbox_loss(
-                out["target_bbox"], out["target_class_ids"], out["mrcnn_bbox"]
+            "mrcnn_bbox_loss": tf.add_n(
+                [
+                    L.mrcnn_bbox_loss(s["target_bbox"], s["target_class_ids"], s["mrcnn_bbox"])
+                    for s in box_stages
+                ]
             ),
             "mrcnn_mask_loss": L.mrcnn_mask_loss(
                 out["target_mask"], out["mask_class_ids"], out["mrcnn_mask_logits"]
@@ -334,7 +391,9 @@ class MaskRCNN(keras.Model):
         Returns:
             dict: detections [B, M, 6] (y1, x1, y2, x2, class_id, score; normalised, zero padded),
             mrcnn_mask [B, M, 28, 28, C] sigmoid probabilities for the detections, rpn_rois
-            [B, P, 4], mrcnn_class [B, P, C] softmax, mrcnn_bbox [B, P, C, 4].
+            [B, P, 4], mrcnn_class [B, P, C] softmax, mrcnn_bbox [B, P, C, 4]. With cascade stages
+            mrcnn_class is the mean of the stages' softmax scores and mrcnn_bbox the last stage's
+            deltas, relative to the ROIs that stage saw (cascade.py).
         """
         config = self.config
         min_confidence = config.detection_min_confidence if min_confidence is None else min_confidence
@@ -346,11 +405,17 @@ class MaskRCNN(keras.Model):
         rpn_rois = self.proposal_layer(
             rpn_probs, rpn_bbox, anchors, proposal_count=config.post_nms_rois_inference
         )
-        class_logits, bbox = self._heads(rpn_rois, image_hw, feature_maps, training)
-        class_probs = tf.nn.softmax(class_logits, axis=-1)
+        rois = rpn_rois
+        class_logits, bbox = self._heads(rois, image_hw, feature_maps, training)
+        stage_probs = [tf.nn.softmax(class_logits, axis=-1)]
+        for head in self.cascade_heads:
+            rois = refine_rois(rois, bbox, refinement_class_ids(class_logits), config.bbox_std_dev)
+            class_logits, bbox = self._heads(rois, image_hw, feature_maps, training, head)
+            stage_probs.append(tf.nn.softmax(class_logits, axis=-1))
+        class_probs = tf.add_n(stage_probs) / len(stage_probs)
         windows = norm_boxes_graph(tf.cast(image_metas[:, 7:11], tf.float32), image_hw)
         detections = self.detection_layer(
-            rpn_rois, class_probs, bbox, windows, min_confidence=min_confidence, max_instances=max_instances
+            rois, class_probs, bbox, windows, min_confidence=min_confidence, max_instances=max_instances
         )
         # matterport re-runs the mask head on the final boxes.
         mask_logits = self._mask_logits(detections[..., :4], image_hw, feature_maps, training)

@@ -30,6 +30,7 @@ import numpy as np
 CLASS_HEADS = ("mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_mask")
 CHECKPOINT_PREFIX = "mask_rcnn_"  # checkpoint names: <prefix><epoch:04d><suffix>
 CHECKPOINT_SUFFIX = ".weights.h5"  # Keras 3 `save_weights` accepts no other suffix
+_CASCADE_SUFFIX = re.compile(r"_stage\d+$")  # cascade heads' layers: the box head's names + "_stage<k>"
 _KERAS3_RESNET = re.compile(r"^conv(\d)_block(\d+)_(\d)_(conv|bn)$")
 _BRANCH = {"0": "branch1", "1": "branch2a", "2": "branch2b", "3": "branch2c"}
 
@@ -199,7 +200,11 @@ def load_weights(model_or_layers, path, *, exclude=(), by_name=True, strict=True
 
     A Keras 3 `.weights.h5` file (bookseg's fold weights and checkpoints, e.g. a synthetic
     pre-training run's) is restored whole instead: it fits only a model of the same architecture
-    (model preset, norm, number of anchor ratios and of classes), and `exclude` cannot apply.
+    (model preset, norm, number of anchor ratios and of classes), and `exclude` cannot apply; the one
+    exception is a file saved without the model's cascade heads.
+
+    Cascade heads (`cascade_iou_thresholds`) the file lacks start as copies of the file's first box
+    head, layer by layer, so a pretrained box head seeds every stage (reported in `notes`).
 
     Returns:
         `LoadReport`. Class-dependent heads are skipped automatically (and reported) when the
@@ -250,6 +255,7 @@ def load_weights(model_or_layers, path, *, exclude=(), by_name=True, strict=True
         for name, layer in targets.items()
         if layer.weights and name not in file_layers and name not in exclude
     ]
+    _seed_cascade_heads(targets, report)
     unknown = sorted(exclude - set(targets) - set(file_layers))
     if unknown:
         report.notes.append(
@@ -282,6 +288,41 @@ def _array_count(path: Path) -> int:
     return count
 
 
+def _seed_cascade_heads(targets: dict, report: LoadReport) -> None:
+    """Give each cascade-head layer the file lacks the weights of the loaded box-head layer it copies."""
+    seeded = []
+    for name in report.missing:
+        first_stage = _CASCADE_SUFFIX.sub("", name)
+        if first_stage != name and first_stage in report.loaded:
+            targets[name].set_weights(targets[first_stage].get_weights())
+            seeded.append(name)
+    if seeded:
+        report.missing = [name for name in report.missing if name not in seeded]
+        report.loaded += seeded
+        report.notes.append(
+            f"{len(seeded)} cascade-head layers are not in the file: they start as copies of the first box head's"
+        )
+
+
+def _load_keras3_without_cascade(model, path: Path) -> LoadReport:
+    """Restore a Keras 3 file saved by the same architecture without cascade heads (e.g. a pre-training
+    run), then seed the cascade heads from its box head."""
+    from bookseg.mrcnn.model import MaskRCNN, named_weight_layers
+
+    saved = MaskRCNN(model.config.replace(cascade_iou_thresholds=()))
+    load_checkpoint(saved, path)
+    targets = _model_layers(model)
+    report = LoadReport(path=str(path))
+    for name, layer in named_weight_layers(saved).items():
+        if layer.weights:
+            targets[name].set_weights(layer.get_weights())
+            report.loaded.append(name)
+    report.missing = [name for name, layer in targets.items() if layer.weights and name not in report.loaded]
+    _seed_cascade_heads(targets, report)
+    report.notes.append("Keras 3 weights file of the same architecture without cascade heads")
+    return report
+
+
 def _load_keras3_weights(model, path: Path, exclude) -> LoadReport:
     if exclude:
         raise WeightLoadError(
@@ -289,6 +330,9 @@ def _load_keras3_weights(model, path: Path, exclude) -> LoadReport:
             "needs a legacy h5 (matterport layout)"
         )
     in_file, in_model = _array_count(path), len(model.weights)
+    cascade_arrays = sum(len(head.weights) for head in model.cascade_heads)
+    if cascade_arrays and in_file == in_model - cascade_arrays:
+        return _load_keras3_without_cascade(model, path)
     if in_file != in_model:  # Keras would skip the file's extra arrays silently
         raise WeightLoadError(
             f"{path}: holds {in_file} arrays, the model {in_model}. A Keras 3 weights file fits only the "

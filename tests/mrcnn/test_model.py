@@ -50,6 +50,7 @@ def test_training_graph_output_shapes(tiny_model):
         "mrcnn_bbox": (2, t, c, 4),
         "mrcnn_mask_logits": (2, m, 28, 28, c),
     }
+    assert out.pop("cascade") == []  # no cascade stages by default (tests/mrcnn/test_cascade.py)
     assert {k: tuple(v.shape) for k, v in out.items()} == expected
     # Targets are well formed whatever the (untrained) RPN proposes: class ids in {0, 1}, binary masks.
     ids = out["target_class_ids"].numpy()
