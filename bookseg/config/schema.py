@@ -204,6 +204,9 @@ class BooksegConfig:
     lr_scale: float = 1.0  # multiplies every stage's learning rate (one knob for sweepers)
     study: str = "default"  # MLflow experiment is bookseg/<study>; sweep presets set their own
     seed: int = 0
+    # tf.distribute strategy of training: default (one device) | mirrored (every GPU of this machine;
+    # the global batch is model.images_per_batch x GPUs). See bookseg/mrcnn/distribute.py.
+    strategy: str = "default"
     resume: bool = True  # continue an unfinished run of the same config (checkpoints + MLflow runs)
     work_dir: str = "${hydra:runtime.cwd}/outputs/runs"  # checkpoints and folds, keyed by config hash
     optimized_metric: str = "cv/mask_ap50_mean"  # returned to sweepers

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from bookseg.config.factory import config_key, lr_schedule, mrcnn_config, optimizer_spec, stage
 from bookseg.data.augment import build_augmentation
 from bookseg.data.copy_paste import settings_problems as copy_paste_problems
-from bookseg.mrcnn.config import MrcnnConfigError
+from bookseg.mrcnn.config import STRATEGIES, MrcnnConfigError
 from bookseg.mrcnn.pretrained import is_named
 
 # Per-fold metrics the CV loop aggregates (kept here so validation does not import TensorFlow).
@@ -104,6 +104,9 @@ def validate(cfg: DictConfig) -> None:
             re.compile(d.group_regex)
         except re.error as exc:
             problems.append(f"data.group_regex={d.group_regex!r} is not a valid regex: {exc}")
+
+    if cfg.strategy not in STRATEGIES:
+        problems.append(f"strategy={cfg.strategy!r}: use {' or '.join(STRATEGIES)}")
 
     metrics = {f"cv/{name}_{stat}" for name in FOLD_METRICS for stat in ("mean", "std")}
     if cfg.optimized_metric not in metrics:

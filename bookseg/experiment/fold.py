@@ -68,6 +68,7 @@ def run_fold(
     """
     from bookseg.data.augment import build_augmentation
     from bookseg.data.copy_paste import build_copy_paste
+    from bookseg.mrcnn.distribute import distributable, make_strategy
     from bookseg.mrcnn.inputs import make_dataset
     from bookseg.mrcnn.model import MaskRCNN
     from bookseg.mrcnn.training import train_stages
@@ -79,35 +80,47 @@ def run_fold(
     config = factory.mrcnn_config(cfg, num_classes=len(class_names) + 1)
     if cfg.anchors.auto:  # fitted to this fold's training boxes only, never to `val`
         config = fold_anchor_config(config, train, ratio_count(cfg.anchors), fold_dir, _label(index))
-    model = MaskRCNN(config)
-
-    ckpt_dir = fold_dir / "checkpoints"
-    last = find_last_checkpoint(ckpt_dir)
-    initial_epoch = 0
-    if last is not None:
-        path, initial_epoch = last
-        load_checkpoint(model, path)
-        progress.skip(initial_epoch)
-        print(f"fold {index}: resuming from {path} (epoch {initial_epoch})", flush=True)
-    elif cfg.model.weights:
-        report = _load_initial_weights(cfg, model, index)
-        print(report.summary(), flush=True)
-        mlflow.log_text(report.summary(), "weights_load_report.txt")
+    strategy = make_strategy(cfg.strategy)
+    with strategy.scope():
+        model = MaskRCNN(config)
+        ckpt_dir = fold_dir / "checkpoints"
+        last = find_last_checkpoint(ckpt_dir)
+        initial_epoch = 0
+        if last is not None:
+            path, initial_epoch = last
+            load_checkpoint(model, path)
+            progress.skip(initial_epoch)
+            print(f"fold {index}: resuming from {path} (epoch {initial_epoch})", flush=True)
+        elif cfg.model.weights:
+            report = _load_initial_weights(cfg, model, index)
+            print(report.summary(), flush=True)
+            mlflow.log_text(report.summary(), "weights_load_report.txt")
+    # Each step takes images_per_batch images per replica: Keras splits the global batch between them.
+    global_batch = config.replace(images_per_batch=config.images_per_batch * strategy.num_replicas_in_sync)
+    if strategy.num_replicas_in_sync > 1:
+        print(
+            f"{_label(index)}: {strategy.num_replicas_in_sync} replicas, {global_batch.images_per_batch} images per step",
+            flush=True,
+        )
 
     # Copy-paste sources: this fold's training records only, the list the training dataset is built from.
     copy_paste = build_copy_paste(cfg.augmentation.copy_paste, train, class_names)
     augment = build_augmentation(
         OmegaConf.to_container(cfg.augmentation.transforms, resolve=True), seed=seed, copy_paste=copy_paste
     )
-    train_data = make_dataset(
-        train, config, class_names, augment=augment, shuffle=True, seed=seed, repeat=True
+    train_data = distributable(
+        make_dataset(train, global_batch, class_names, augment=augment, shuffle=True, seed=seed, repeat=True)
     )
     # The same validation images every epoch (a finite pass), so val/* curves compare like with like:
     # the first validation_steps batches of the fold (all of it when there are fewer).
-    batch = config.images_per_batch
+    batch = global_batch.images_per_batch
     n_val = min(len(val) // batch, cfg.stages.validation_steps) * batch
     val_data = (
-        make_dataset(val[:n_val], config, class_names, shuffle=False, seed=0, repeat=False) if n_val else None
+        distributable(
+            make_dataset(val[:n_val], global_batch, class_names, shuffle=False, seed=0, repeat=False)
+        )
+        if n_val
+        else None
     )
 
     callbacks = [

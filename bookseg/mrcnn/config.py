@@ -202,4 +202,5 @@ class MrcnnConfigError(ValueError):
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 NORMS = ("frozen_bn", "batch_norm", "group_norm")
+STRATEGIES = ("default", "mirrored")  # tf.distribute strategies of training (distribute.py)
 LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss")

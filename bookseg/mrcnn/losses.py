@@ -3,7 +3,9 @@
 Definitions as matterport's; docs/mrcnn-differences.md lists where bookseg departs.
 
 Each returns a float32 scalar and is 0 (never NaN) when there is nothing to learn from, e.g. an
-image without books has no positive anchor or ROI, so its box and mask losses are 0.
+image without books has no positive anchor or ROI, so its box and mask losses are 0. A mean "over the
+batch" divides by the count over the global batch when training on several replicas
+(`distribute.global_count`), so it does not depend on how the batch is split.
 
 Differences from matterport, all deliberate (docs/mrcnn-differences.md):
 
@@ -18,6 +20,8 @@ Differences from matterport, all deliberate (docs/mrcnn-differences.md):
 from __future__ import annotations
 
 import tensorflow as tf
+
+from bookseg.mrcnn.distribute import global_count
 
 
 def smooth_l1(diff):
@@ -41,7 +45,7 @@ def rpn_class_loss(rpn_match, rpn_class_logits):
     labels = tf.cast(tf.equal(tf.gather_nd(rpn_match, selected), 1), tf.int32)
     logits = tf.gather_nd(rpn_class_logits, selected)
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-    return tf.math.divide_no_nan(tf.reduce_sum(losses), tf.cast(tf.size(losses), tf.float32))
+    return tf.math.divide_no_nan(tf.reduce_sum(losses), global_count(tf.size(losses)))
 
 
 def rpn_bbox_loss(target_bbox, rpn_match, rpn_bbox):
@@ -66,7 +70,7 @@ def rpn_bbox_loss(target_bbox, rpn_match, rpn_bbox):
     target_index = tf.stack([selected[:, 0], tf.cast(tf.gather_nd(rank, selected), tf.int64)], axis=1)
     target = tf.gather_nd(tf.cast(target_bbox, tf.float32), target_index)
     losses = smooth_l1(target - predicted)
-    return tf.math.divide_no_nan(tf.reduce_sum(losses), tf.cast(tf.size(losses), tf.float32))
+    return tf.math.divide_no_nan(tf.reduce_sum(losses), global_count(tf.size(losses)))
 
 
 def mrcnn_class_loss(target_class_ids, class_logits, active_class_ids, roi_valid):
@@ -87,7 +91,7 @@ def mrcnn_class_loss(target_class_ids, class_logits, active_class_ids, roi_valid
     predicted_active = tf.gather(tf.cast(active_class_ids, tf.float32), predicted, batch_dims=1)
     weights = predicted_active * tf.cast(roi_valid, tf.float32)
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target_class_ids, logits=class_logits)
-    return tf.math.divide_no_nan(tf.reduce_sum(losses * weights), tf.reduce_sum(weights))
+    return tf.math.divide_no_nan(tf.reduce_sum(losses * weights), global_count(tf.reduce_sum(weights)))
 
 
 def mrcnn_bbox_loss(target_bbox, target_class_ids, pred_bbox):
@@ -107,7 +111,7 @@ def mrcnn_bbox_loss(target_bbox, target_class_ids, pred_bbox):
     predicted = tf.gather_nd(pred_bbox, tf.concat([positive, positive_classes[:, None]], axis=1))
     target = tf.gather_nd(target_bbox, positive)
     losses = smooth_l1(target - predicted)
-    return tf.math.divide_no_nan(tf.reduce_sum(losses), tf.cast(tf.size(losses), tf.float32))
+    return tf.math.divide_no_nan(tf.reduce_sum(losses), global_count(tf.size(losses)))
 
 
 def mrcnn_mask_loss(target_masks, target_class_ids, pred_mask_logits):
@@ -128,7 +132,7 @@ def mrcnn_mask_loss(target_masks, target_class_ids, pred_mask_logits):
     logits = tf.gather(logits, positive_classes, batch_dims=1)  # [P, h, w]
     target = tf.gather_nd(tf.cast(target_masks, tf.float32), positive)
     losses = tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits)
-    return tf.math.divide_no_nan(tf.reduce_sum(losses), tf.cast(tf.size(losses), tf.float32))
+    return tf.math.divide_no_nan(tf.reduce_sum(losses), global_count(tf.size(losses)))
 
 
 def weight_decay_loss(variables, weight_decay: float, mode: str):

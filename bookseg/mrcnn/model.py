@@ -31,6 +31,7 @@ from bookseg.mrcnn.cascade import refine_rois, refinement_class_ids, stage_targe
 from bookseg.mrcnn.config import LOSS_NAMES, MrcnnConfig
 from bookseg.mrcnn.detection import DetectionLayer
 from bookseg.mrcnn.detection_targets import DetectionTargetLayer, max_positive_rois
+from bookseg.mrcnn.distribute import apply_finite_update, replicas_in_sync
 from bookseg.mrcnn.fpn import fpn_graph
 from bookseg.mrcnn.heads import apply_head, build_classifier_head, build_mask_head
 from bookseg.mrcnn.inputs import INPUT_NAMES
@@ -323,7 +324,8 @@ class MaskRCNN(keras.Model):
         Building the optimizer's slots here (for the *current* trainable set, so call
         `training.set_trainable` first) keeps variable creation out of the traced train step,
         which TensorFlow would otherwise trace twice. Losses are not passed: `train_step`
-        computes them.
+        computes them. Under a `tf.distribute` strategy, create the optimizer and compile inside
+        `self.distribute_strategy.scope()` (as `training.train_stages` does).
         """
         kwargs.setdefault("jit_compile", False)
         super().compile(optimizer=optimizer, **kwargs)
@@ -349,24 +351,18 @@ class MaskRCNN(keras.Model):
         return data
 
     def train_step(self, data):
+        """One step on this replica's batch; with N replicas each differentiates loss / N (distribute.py)."""
         batch = self._unpack(data)
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
             named = self.mrcnn_losses(batch, training=True)
             l2 = self.l2_loss()
             total = self.total_loss(named, l2)
-        gradients = tape.gradient(total, variables)
+            share = total / replicas_in_sync()
+        gradients = tape.gradient(share, variables)
         pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
-        finite = tf.math.is_finite(total)
-        if pairs:
-            finite = finite & tf.math.is_finite(tf.linalg.global_norm([g for g, _ in pairs]))
-
-            # A NaN/inf step must not touch the weights (nor the optimizer's slots).
-            def apply():
-                self.optimizer.apply_gradients(pairs)
-                return tf.constant(True)
-
-            tf.cond(finite, apply, lambda: tf.constant(False))
+        if pairs:  # a NaN/inf step touches neither the weights nor the optimizer's slots
+            apply_finite_update(self.optimizer, pairs, total)
         return self._update_trackers({"loss": total, "l2_loss": l2, **named})
 
     def test_step(self, data):

@@ -274,7 +274,10 @@ def train_stages(
                 (first_epoch - stage_start) * steps_per_epoch,
                 stage_start * steps_per_epoch,
             )
-            model.compile(optimizer=make_optimizer(optimizer, rate, model.norm_scales()), jit_compile=False)
+            with model.distribute_strategy.scope():  # the optimizer's variables mirror the weights
+                model.compile(
+                    optimizer=make_optimizer(optimizer, rate, model.norm_scales()), jit_compile=False
+                )
             history = model.fit(
                 train_data,
                 validation_data=val_data,
