@@ -62,7 +62,10 @@ class SweepSummary(Callback):
     MLflow hint once, instead of one per point."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        handle, path = tempfile.mkstemp(prefix="bookseg-sweep-", suffix=".jsonl")
+        # In the sweep's folder, not /tmp: points that run on other nodes (submitit_slurm) see it too.
+        sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        handle, path = tempfile.mkstemp(prefix="bookseg-sweep-", suffix=".jsonl", dir=sweep_dir)
         os.close(handle)
         os.environ[SWEEP_POINTS_ENV] = path  # inherited by jobs in this and in launched processes
 

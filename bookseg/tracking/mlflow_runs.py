@@ -24,6 +24,9 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # Keys that do not change what is trained or where it is tracked stay out of the run key; `data.cache_dir`
 # is covered by the data fingerprint.
 _KEY_EXCLUDED = ("tracking", "resume", "work_dir", "study", "tags", "optimized_metric")
+# conf/sweep/ presets that only choose the Hydra launcher (where points run, not what they train) stay out of
+# the key too: a point resumes whether it ran in-process, in joblib workers or as a submitit job (docs/scaling.md).
+LAUNCHER_PRESETS = ("parallel", "submitit_local", "submitit_slurm")
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -53,15 +56,31 @@ def flatten(tree, prefix: str = "") -> dict[str, str]:
 def run_key(cfg: DictConfig, data_fingerprint: str, overrides: list[str]) -> str:
     """Short hash of one job: what it trains (resolved config, data), the command and where it is tracked.
 
-    The same command run again gets the same key (and resumes); a different command that happens to
-    train the same thing, or the same command tracked elsewhere, gets its own.
+    The same command run again gets the same key (and resumes), whichever launcher preset runs it; a
+    different command that happens to train the same thing, or the same command tracked elsewhere, gets its own.
     """
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for key in _KEY_EXCLUDED:
         resolved.pop(key, None)
     resolved["data"].pop("cache_dir", None)
-    identity = [resolved, data_fingerprint, sorted(overrides), tracking_uri(cfg), cfg.tracking.experiment]
+    overrides = sorted(o for o in map(_without_launcher, overrides) if o)
+    identity = [resolved, data_fingerprint, overrides, tracking_uri(cfg), cfg.tracking.experiment]
     return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _without_launcher(override: str) -> str | None:
+    """`override` without launcher presets: `+sweep=parallel` -> None, `+sweep=[optuna,parallel]` -> `+sweep=optuna`."""
+    name, _, value = override.lstrip("+").partition("=")
+    if name != "sweep":
+        return override
+    names = [v.strip() for v in value.strip("[]").split(",")]
+    kept = [v for v in names if v not in LAUNCHER_PRESETS]
+    if len(kept) == len(names):
+        return override  # as typed: keys of commands without a launcher preset never change
+    if not kept:
+        return None
+    value = kept[0] if len(kept) == 1 else "[" + ",".join(kept) + "]"
+    return override[: override.index("sweep")] + "sweep=" + value  # the `+` or `++` kept
 
 
 def git_commit() -> tuple[str, bool]:
