@@ -27,23 +27,22 @@ def step_results():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("clipnorm", ["None", "0.5"])
-def test_two_replicas_take_the_one_device_step(step_results, clipnorm):
-    result = step_results[f"clip{clipnorm}"]
-    assert result["replicas"] == 2
-    one, two = result["loss_one"], result["loss_two"]
+def test_two_replicas_take_the_one_device_step(step_results):
+    assert step_results["replicas"] == 2
+    one, two = step_results["loss_one"], step_results["loss_two"]
     assert set(one) == set(two)
     # The replicas hold 3 + 2 and 0 + 1 books: every loss has terms, and their counts differ by replica.
     assert all(one[name] > 0 for name in ("mrcnn_bbox_loss", "mrcnn_mask_loss", "rpn_bbox_loss"))
     for name in one:
         assert two[name] == pytest.approx(one[name], rel=1e-5, abs=1e-7), name
-    assert result["moved"] > 1e-4  # the step did move the weights...
-    assert result["weight_diff"] < 1e-6  # ...the same way on 2 replicas as on one device
+    assert step_results["weight_diff"] < 1e-6
 
 
-def test_clipping_applies_to_the_global_gradient(step_results):
-    # Both runs start from the same weights; a clipped step moves them less.
-    assert step_results["clip0.5"]["moved"] < step_results["clipNone"]["moved"]
+def test_the_global_gradient_is_clipped_once(step_results):
+    # The unclipped gradient is longer than clipnorm 0.5, so the first SGD step is exactly 0.5 x lr long,
+    # on one device and on 2 replicas (clipping each replica's share would give another length).
+    assert step_results["step_norm_one"] == pytest.approx(0.5, rel=1e-3)
+    assert step_results["step_norm_two"] == pytest.approx(0.5, rel=1e-3)
 
 
 def test_a_non_finite_loss_on_one_replica_updates_nothing(step_results):
