@@ -43,6 +43,11 @@ def test_mrcnn_config_lists_every_problem_with_its_field():
         (["anchors.stride=0"], "anchors.stride=0 must be >= 1"),
         (["model.roi_canonical_size=0"], "model.roi_canonical_size=0.0 must be positive"),
         (["model.mask_pool_size=0"], "model.mask_pool_size=0 must be >= 1"),
+        (
+            ["model.cascade_iou_thresholds=[0.6,1.2]"],
+            "model.cascade_iou_thresholds=[0.6, 1.2] must lie in (0, 1), one per extra box head",
+        ),
+        (["strategy=tpu"], "strategy='tpu': use default or mirrored"),
         (["model.tiny_channels=[8,16]"], "model.tiny_channels needs 4 widths (C2..C5), got [8, 16]"),
         (["model.backbone=vgg"], "model.backbone='vgg': use resnet50, resnet101 or tiny"),
         (["optimizer.weight_decay_mode=l1"], "optimizer.weight_decay_mode='l1': use matterport or l2"),
