@@ -266,7 +266,8 @@ class MaskRCNN(keras.Model):
 
     def mrcnn_losses(self, batch: dict, training: bool = True, deterministic: bool = False) -> dict:
         """The five named, unweighted losses of a batch (float32 scalars). With cascade stages the
-        class and box losses are sums over the box heads (Cai and Vasconcelos weight stages equally)."""
+        class and box losses are sums over the box heads, each weighted 1 (a choice: some
+        cascade implementations weight later heads less)."""
         out = self.training_outputs(batch, training=training, deterministic=deterministic)
         active_class_ids = batch["input_image_meta"][:, 12:]
         box_stages = [out, *out["cascade"]]
