@@ -4,7 +4,8 @@ training, so a study of several trials takes seconds.
 
 Each "fold" scores QUALITY[quality] + 0.1 * x, writes `<log_dir>/trial<N>_fold<k>` and reports itself;
 like `bookseg.run` inside a sweep, an exception (a pruned trial too) fails the MLflow parent run and the
-job returns NaN. `barrier=N` makes each job wait until jobs of N different processes have started.
+job returns NaN. `barrier=N` makes each job wait until jobs of N different processes have started;
+`hold_trial=N` keeps trial N running after its first fold until its process is killed (or 300 s pass).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def main(cfg: DictConfig) -> float:
                 values.append(QUALITY[cfg.quality] + 0.1 * cfg.x)
                 (log_dir / f"trial{trial.number}_fold{step}").write_text(str(os.getpid()))
                 trial.fold_done(step, {"mask_ap50": values[-1]}, last=step == cfg.folds - 1)
+                if trial.number == cfg.hold_trial:
+                    time.sleep(300)
+                    raise TimeoutError(f"trial {trial.number} was held 300 s and never killed")
             mlflow.log_metric("cv/mask_ap50_mean", sum(values) / len(values))
             return sum(values) / len(values)
     except Exception:  # noqa: BLE001 - as bookseg.run in a sweep: the point fails, the sweep goes on

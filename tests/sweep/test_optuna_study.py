@@ -137,10 +137,11 @@ def test_study_killed_after_its_first_trial_resumes_to_three_trials(tmp_path):
         "hydra.sweeper.grace_period=2",
         "folds=3",
         "fold_seconds=1.0",
+        "hold_trial=1",  # only in the first worker: the second one runs trials 2 and 3
     )
     first = Worker(tmp_path, *args, name="first")
 
-    def trial1_running():  # trial 0 finished, trial 1 has reported its first fold (2 s left to kill it)
+    def trial1_running():  # trial 0 finished, trial 1 has reported its first fold and waits to be killed
         if "Optuna study 'fake'" not in first.output():  # the worker has made the database and study
             return False
         trials = study(tmp_path).get_trials()
