@@ -68,7 +68,7 @@ def test_experiments_change_what_they_say():
     assert wd.weight_decay > base.optimizer.weight_decay and wd.weight_decay_mode == "l2"
 
 
-@pytest.mark.parametrize("name", ["anchors", "augmentation", "stages", "optuna", "parallel"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml")))
 def test_sweep_presets_compose(name):
     cfg = compose_config([f"+sweep={name}"], return_hydra_config=True)
     validate(cfg)
