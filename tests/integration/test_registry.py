@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -47,6 +45,7 @@ from bookseg.inference.registry import (
     summary_tags,
 )
 from bookseg.inference.trained_model import load_from_run
+from tests.integration.conftest import stop_process_group
 
 SUMMARY = {
     "cv/mask_ap50_mean": 0.5,
@@ -332,12 +331,7 @@ def test_job_registers_its_final_model_and_the_scoring_server_outlines_books(cli
             _post(url, {"dataframe_records": [{"image": "not base64!"}]})
         assert bad.value.code == 400 and "image 0: not valid base64" in bad.value.read().decode()
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process_group(server, timeout=30)
 
     reference = load_from_run(parent.info.run_id, tracking_uri=f"sqlite:///{cli.db}")
     image = load_image_rgb(shelf)

@@ -3,8 +3,6 @@ artifacts) over HTTP, and a server that is down failing the job in seconds with 
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+from tests.integration.conftest import stop_process_group
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,12 +68,7 @@ def tracking_server(tmp_path):
             time.sleep(0.5)
         yield uri, artifacts
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process_group(server, timeout=20)
         log.close()
 
 
