@@ -28,8 +28,10 @@ from bookseg.mrcnn.detection_targets import (
     POSITIVE_IOU,
     box_iou,
     box_refinement,
+    max_overlap,
     max_positive_rois,
     roi_mask_targets,
+    split_crowds,
 )
 from bookseg.mrcnn.proposals import apply_box_deltas, clip_boxes
 
@@ -94,18 +96,15 @@ def stage_targets_one_image(
         minus non-positive rows that overlap a crowd region); with masks also mask_class_ids int32 [M]
         (class where IoU >= 0.5, else 0) and masks float32 [M, mask_h, mask_w].
     """
-    is_object = gt_class_ids > 0
-    crowd_boxes = tf.boolean_mask(gt_boxes, gt_class_ids < 0)
-    object_index = tf.where(is_object)[:, 0]
+    gt_class_ids, gt_boxes, gt_masks, crowd_boxes = split_crowds(gt_class_ids, gt_boxes, gt_masks)
     # A zero box and an empty mask at the end give every row an assignment, also without GT.
-    gt_boxes = tf.concat([tf.gather(gt_boxes, object_index), tf.zeros([1, 4])], axis=0)
-    gt_class_ids = tf.concat([tf.gather(gt_class_ids, object_index), [0]], axis=0)
+    gt_boxes = tf.concat([gt_boxes, tf.zeros([1, 4])], axis=0)
+    gt_class_ids = tf.concat([gt_class_ids, [0]], axis=0)
 
     overlaps = box_iou(rois, gt_boxes[:-1])  # [T, G']
     overlaps = tf.concat([overlaps, tf.fill([tf.shape(rois)[0], 1], -1.0)], axis=1)
     assignment = tf.argmax(overlaps, axis=1, output_type=tf.int32)
     best_iou = tf.reduce_max(overlaps, axis=1)
-    crowd_iou = tf.concat([box_iou(rois, crowd_boxes), tf.zeros([tf.shape(rois)[0], 1])], axis=1)
 
     valid_row = roi_valid > 0
     positive = valid_row & (best_iou >= positive_iou)
@@ -113,7 +112,7 @@ def stage_targets_one_image(
     class_ids = tf.where(positive, tf.gather(gt_class_ids, assignment), 0)
     deltas = box_refinement(rois, roi_gt_boxes) / tf.constant(config.bbox_std_dev, tf.float32)
     deltas = tf.where(positive[:, None], deltas, tf.zeros_like(deltas))
-    not_crowd = tf.reduce_max(crowd_iou, axis=1) < CROWD_IOU
+    not_crowd = max_overlap(box_iou(rois, crowd_boxes)) < CROWD_IOU
     valid = tf.cast(valid_row & (positive | not_crowd), tf.float32)
     if not with_masks:
         return class_ids, deltas, valid
@@ -121,8 +120,7 @@ def stage_targets_one_image(
     rows = max_positive_rois(config)
     mask_positive = valid_row[:rows] & (best_iou[:rows] >= POSITIVE_IOU)
     mask_class_ids = tf.where(mask_positive, tf.gather(gt_class_ids, assignment[:rows]), 0)
-    instance_masks = tf.expand_dims(tf.transpose(gt_masks, [2, 0, 1]), -1)  # [G, mh, mw, 1]
-    instance_masks = tf.gather(instance_masks, object_index)
+    instance_masks = tf.expand_dims(tf.transpose(gt_masks, [2, 0, 1]), -1)  # [G', mh, mw, 1]
     empty_mask = tf.zeros(tf.concat([[1], tf.shape(instance_masks)[1:]], axis=0))
     instance_masks = tf.concat([instance_masks, empty_mask], axis=0)
     masks = roi_mask_targets(

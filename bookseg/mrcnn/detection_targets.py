@@ -47,6 +47,23 @@ def box_iou(boxes_a, boxes_b):
     return tf.math.divide_no_nan(inter, area_a + area_b - inter)
 
 
+def max_overlap(overlaps):
+    """Row maxima of an IoU matrix float32 [N, M] -> float32 [N]; 0 when M is 0 (no GT, no crowd)."""
+    return tf.reduce_max(tf.concat([overlaps, tf.zeros([tf.shape(overlaps)[0], 1])], axis=1), axis=1)
+
+
+def split_crowds(gt_class_ids, gt_boxes, gt_masks):
+    """One image's GT rows -> (class_ids int32 [G'], boxes [G', 4], masks [mh, mw, G']) of its objects
+    (class > 0), and the crowd boxes (class < 0) float32 [K, 4]; padding rows (class 0) are dropped."""
+    object_index = tf.where(gt_class_ids > 0)[:, 0]
+    return (
+        tf.gather(gt_class_ids, object_index),
+        tf.gather(gt_boxes, object_index),
+        tf.gather(gt_masks, object_index, axis=2),
+        tf.boolean_mask(gt_boxes, gt_class_ids < 0),
+    )
+
+
 def box_refinement(boxes, gt_boxes):
     """Deltas (dy, dx, log dh, log dw) that move float32 [N, 4] `boxes` onto [N, 4] `gt_boxes`."""
     height = boxes[:, 2] - boxes[:, 0]
@@ -179,20 +196,10 @@ def detection_targets_one_image(
     max_positives = max_positive_rois(config)
 
     proposals = tf.boolean_mask(proposals, tf.reduce_sum(tf.abs(proposals), axis=1) > 0)
-    is_crowd = gt_class_ids < 0
-    is_object = gt_class_ids > 0
-    crowd_boxes = tf.boolean_mask(gt_boxes, is_crowd)
-    object_index = tf.where(is_object)[:, 0]
-    gt_class_ids = tf.gather(gt_class_ids, object_index)
-    gt_boxes = tf.gather(gt_boxes, object_index)
-    gt_masks = tf.gather(gt_masks, object_index, axis=2)
-
-    n_proposals = tf.shape(proposals)[0]
-    zero_column = tf.zeros([n_proposals, 1], tf.float32)
+    gt_class_ids, gt_boxes, gt_masks, crowd_boxes = split_crowds(gt_class_ids, gt_boxes, gt_masks)
     overlaps = box_iou(proposals, gt_boxes)  # [P, G']
-    # An extra column of zeros keeps the maxima defined when an image has no (crowd) GT.
-    roi_iou_max = tf.reduce_max(tf.concat([overlaps, zero_column], axis=1), axis=1)
-    crowd_iou_max = tf.reduce_max(tf.concat([box_iou(proposals, crowd_boxes), zero_column], axis=1), axis=1)
+    roi_iou_max = max_overlap(overlaps)
+    crowd_iou_max = max_overlap(box_iou(proposals, crowd_boxes))
 
     positive_index = tf.where(roi_iou_max >= POSITIVE_IOU)[:, 0]
     negative_index = tf.where((roi_iou_max < POSITIVE_IOU) & (crowd_iou_max < CROWD_IOU))[:, 0]
