@@ -16,7 +16,7 @@ from bookseg.data.images import load_image_rgb
 from bookseg.data.records import ImageRecord
 from bookseg.experiment.anchors_fit import fold_anchor_config, ratio_count
 from bookseg.tracking import FINAL
-from bookseg.tracking.callbacks import EpochCheckpoint, JobProgress, MlflowEpochLogger
+from bookseg.tracking.callbacks import EpochCheckpoint, JobProgress, MlflowEpochLogger, log_missing_epoch
 from bookseg.tracking.plots import plot_loss_curves
 
 _DETECT_CHUNK = 8  # images per detect() call while evaluating
@@ -91,6 +91,8 @@ def run_fold(
             load_checkpoint(model, path)
             progress.skip(initial_epoch)
             print(f"fold {index}: resuming from {path} (epoch {initial_epoch})", flush=True)
+            if log_missing_epoch(path, initial_epoch):
+                print(f"fold {index}: logged epoch {initial_epoch}'s metrics (stopped before MLflow had them)", flush=True)
         elif cfg.model.weights:
             report = _load_initial_weights(cfg, model, index)
             print(report.summary(), flush=True)
@@ -124,7 +126,8 @@ def run_fold(
     )
 
     callbacks = [
-        # Checkpoint before logging: a kill between the two can lose an epoch's points, never duplicate them.
+        # Checkpoint before logging: a kill between the two never duplicates an epoch's points, and the
+        # resumed job logs the lost ones from the checkpoint's metrics file.
         EpochCheckpoint(ckpt_dir),
         MlflowEpochLogger(),
         progress.callback(

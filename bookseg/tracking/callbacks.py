@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -19,23 +21,42 @@ def split_logs(logs: dict) -> dict[str, float]:
     return out
 
 
+def epoch_metrics(model, logs) -> dict[str, float]:
+    """The MLflow metrics of one finished epoch: split losses and the learning rate of its last step."""
+    metrics = split_logs(logs)
+    optimizer = model.optimizer
+    schedule = getattr(optimizer, "_learning_rate", None)
+    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        # the rate of the epoch's last step (`optimizer.learning_rate` is the next step's)
+        metrics["train/learning_rate"] = float(schedule(optimizer.iterations - 1))
+    elif getattr(optimizer, "learning_rate", None) is not None:
+        metrics["train/learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    return metrics
+
+
+def log_epoch(metrics: dict[str, float], epoch_number: int) -> None:
+    """Log one epoch's metrics on the active MLflow run at step `epoch_number` (1-based); non-finite left out."""
+    mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=epoch_number)
+
+
 class MlflowEpochLogger(keras.callbacks.Callback):
     """Logs training and validation losses of every epoch to the active MLflow run (step = epoch number)."""
 
     def on_epoch_end(self, epoch, logs=None):
-        metrics = split_logs(logs)
-        optimizer = self.model.optimizer
-        schedule = getattr(optimizer, "_learning_rate", None)
-        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-            # the rate of the epoch's last step (`optimizer.learning_rate` is the next step's)
-            metrics["train/learning_rate"] = float(schedule(optimizer.iterations - 1))
-        elif getattr(optimizer, "learning_rate", None) is not None:
-            metrics["train/learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-        mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=epoch + 1)
+        log_epoch(epoch_metrics(self.model, logs), epoch + 1)
+
+
+def metrics_path(checkpoint: Path) -> Path:
+    """`mask_rcnn_0003.weights.h5` -> `mask_rcnn_0003.metrics.json`: the epoch's metrics beside its weights."""
+    return checkpoint.with_name(checkpoint.name.split(".")[0] + ".metrics.json")
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves weights after every epoch (atomically) and keeps the newest `keep` files."""
+    """Saves weights and the epoch's metrics after every epoch (atomically); keeps the newest `keep` epochs.
+
+    The metrics file is written first, so every checkpoint has one: a job stopped after the checkpoint
+    but before MLflow got the epoch's metrics logs them when it resumes (`log_missing_epoch`).
+    """
 
     def __init__(self, directory: Path, keep: int = 2):
         super().__init__()
@@ -43,11 +64,31 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.keep = keep
 
     def on_epoch_end(self, epoch, logs=None):
-        from bookseg.mrcnn.weights import save_checkpoint
+        from bookseg.mrcnn.weights import checkpoint_path, save_checkpoint
 
+        self.directory.mkdir(parents=True, exist_ok=True)
+        record = metrics_path(checkpoint_path(self.directory, epoch + 1))
+        tmp = record.with_name(".tmp_" + record.name)
+        tmp.write_text(json.dumps(epoch_metrics(self.model, logs)))
+        os.replace(tmp, record)
         save_checkpoint(self.model, self.directory, epoch + 1)
         for old in sorted(self.directory.glob("mask_rcnn_*.weights.h5"))[: -self.keep]:
             old.unlink()
+            metrics_path(old).unlink(missing_ok=True)
+
+
+def log_missing_epoch(checkpoint: Path, epoch_number: int) -> bool:
+    """Log checkpoint `epoch_number`'s saved metrics on the active run unless its `train/loss` is there.
+
+    Returns True when they were missing and have been logged now.
+    """
+    record = metrics_path(Path(checkpoint))
+    run_id = mlflow.active_run().info.run_id
+    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "train/loss")}
+    if epoch_number in logged or not record.exists():
+        return False
+    log_epoch(json.loads(record.read_text()), epoch_number)
+    return True
 
 
 class JobProgress:
