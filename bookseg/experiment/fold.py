@@ -92,7 +92,10 @@ def run_fold(
             progress.skip(initial_epoch)
             print(f"fold {index}: resuming from {path} (epoch {initial_epoch})", flush=True)
             if log_missing_epoch(path, initial_epoch):
-                print(f"fold {index}: logged epoch {initial_epoch}'s metrics (stopped before MLflow had them)", flush=True)
+                print(
+                    f"fold {index}: logged epoch {initial_epoch}'s metrics (stopped before MLflow had them)",
+                    flush=True,
+                )
         elif cfg.model.weights:
             report = _load_initial_weights(cfg, model, index)
             print(report.summary(), flush=True)

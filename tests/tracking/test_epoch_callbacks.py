@@ -33,7 +33,9 @@ def _steps(run):
 def test_an_epoch_checkpointed_but_not_logged_is_logged_once_on_resume(tmp_path, run):
     ckpt = tmp_path / "checkpoints"
     _fit([EpochCheckpoint(ckpt), MlflowEpochLogger()], epochs=1)
-    _fit([EpochCheckpoint(ckpt)], epochs=2, initial_epoch=1)  # stopped after epoch 2's checkpoint, before its log
+    _fit(
+        [EpochCheckpoint(ckpt)], epochs=2, initial_epoch=1
+    )  # stopped after epoch 2's checkpoint, before its log
     assert _steps(run) == [1]
 
     second = ckpt / "mask_rcnn_0002.weights.h5"
