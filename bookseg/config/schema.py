@@ -87,6 +87,8 @@ class ModelConfig:
     # extra box heads, one IoU threshold each (Cascade R-CNN): [] = one head; [0.6] refines the boxes once more
     cascade_iou_thresholds: list[float] = field(default_factory=lambda: list(_MODEL.cascade_iou_thresholds))
     mask_pool_size: int = _MODEL.mask_pool_size  # ROI Align size of the mask head; its masks are twice that
+    # the mask head also sees each cell's position in its ROI: it can outline the book the box is centred on
+    mask_head_coordinates: bool = _MODEL.mask_head_coordinates
     detection_max_instances: int = _MODEL.detection_max_instances
     detection_min_confidence: float = _MODEL.detection_min_confidence
     detection_nms_threshold: float = _MODEL.detection_nms_threshold

@@ -58,6 +58,10 @@ class MrcnnConfig:
     # matterport's single head; (0.6,) adds a head trained on the first head's boxes, positives at IoU 0.6.
     cascade_iou_thresholds: tuple[float, ...] = ()
     mask_pool_size: int = 14
+    # Two more inputs to the mask head: each cell's y and x in the ROI (CoordConv). Without them its 3x3 convs
+    # cannot tell the ROI's centre from its other cells, so in a box that holds several parallel leaning books
+    # it cannot pick the one the box is centred on (see heads.RoiCoordinates).
+    mask_head_coordinates: bool = False
     mask_shape: tuple[int, int] = (28, 28)
     use_mini_mask: bool = True
     mini_mask_shape: tuple[int, int] = (56, 56)

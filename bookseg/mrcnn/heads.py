@@ -52,8 +52,30 @@ def build_classifier_head(config, stage: int = 1) -> keras.Model:
     return keras.Model(pooled, [class_logits, bbox], name=f"fpn_classifier{suffix}")
 
 
+class RoiCoordinates(layers.Layer):
+    """Append each cell's position in its ROI: [N, h, w, C] -> [N, h, w, C + 2].
+
+    Channel C is the cell centre's y, channel C + 1 its x, both in (-1, 1) with 0 at the ROI's centre; the
+    same for every ROI (CoordConv, Liu et al. 2018). No weights.
+    """
+
+    def call(self, pooled):
+        height, width = pooled.shape[1], pooled.shape[2]
+        ys = (tf.range(height, dtype=tf.float32) + 0.5) / height * 2.0 - 1.0
+        xs = (tf.range(width, dtype=tf.float32) + 0.5) / width * 2.0 - 1.0
+        grid = tf.stack(tf.meshgrid(ys, xs, indexing="ij"), axis=-1)  # [h, w, 2]
+        grid = tf.tile(grid[None], [tf.shape(pooled)[0], 1, 1, 1])
+        return tf.concat([pooled, tf.cast(grid, pooled.dtype)], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], input_shape[-1] + 2)
+
+
 def build_mask_head(config) -> keras.Model:
     """matterport `build_fpn_mask_graph` on flattened ROIs.
+
+    With `config.mask_head_coordinates` the pooled features get two position channels first
+    (`RoiCoordinates`), so `mrcnn_mask_conv1`'s kernel has depth + 2 input channels.
 
     Model input: float32 [N, mask_pool, mask_pool, depth] pooled ROI features.
     Model output: mrcnn_mask logits float32 [N, 2 * mask_pool, 2 * mask_pool, num_classes]
@@ -61,7 +83,7 @@ def build_mask_head(config) -> keras.Model:
     """
     pool, depth, width = config.mask_pool_size, config.top_down_pyramid_size, config.mask_head_channels
     pooled = keras.Input(shape=(pool, pool, depth), name="input_pooled_mask_rois")
-    x = pooled
+    x = RoiCoordinates(name="mrcnn_mask_coordinates")(pooled) if config.mask_head_coordinates else pooled
     for i in range(1, 5):
         x = layers.Conv2D(width, 3, padding="same", name=f"mrcnn_mask_conv{i}")(x)
         x = normalize(x, config.norm, f"mrcnn_mask_bn{i}")

@@ -30,6 +30,7 @@ import numpy as np
 CLASS_HEADS = ("mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_mask")
 CHECKPOINT_PREFIX = "mask_rcnn_"  # checkpoint names: <prefix><epoch:04d><suffix>
 CHECKPOINT_SUFFIX = ".weights.h5"  # Keras 3 `save_weights` accepts no other suffix
+MASK_COORDINATES_LAYER = "mrcnn_mask_conv1"  # takes 2 extra inputs with model.mask_head_coordinates
 _CASCADE_SUFFIX = re.compile(r"_stage\d+$")  # cascade heads' layers: the box head's names + "_stage<k>"
 _KERAS3_RESNET = re.compile(r"^conv(\d)_block(\d+)_(\d)_(conv|bn)$")
 _BRANCH = {"0": "branch1", "1": "branch2a", "2": "branch2b", "3": "branch2c"}
@@ -304,22 +305,47 @@ def _seed_cascade_heads(targets: dict, report: LoadReport) -> None:
         )
 
 
-def _load_keras3_without_cascade(model, path: Path) -> LoadReport:
-    """Restore a Keras 3 file saved by the same architecture without cascade heads (e.g. a pre-training
-    run), then seed the cascade heads from its box head."""
+def _mask_conv1_inputs(path: Path) -> int | None:
+    """Input channels of the mask head's first conv in a Keras 3 file, or None if not found. Keras 3 stores
+    layers by position (`layers/functional_3/layers/conv2d/vars/0`), so the mask head is found as the group
+    holding the only transposed convolution."""
+    with h5py.File(path, "r") as f:
+        groups = []
+        f.visit(
+            lambda name: (
+                groups.append(name[: -len("/layers/conv2d_transpose")])
+                if name.endswith("/layers/conv2d_transpose")
+                else None
+            )
+        )
+        kernels = [f[f"{g}/layers/conv2d/vars/0"] for g in groups if f"{g}/layers/conv2d/vars/0" in f]
+        return int(kernels[0].shape[2]) if len(kernels) == 1 else None
+
+
+def _load_keras3_variant(model, path: Path, variant) -> LoadReport:
+    """Restore a Keras 3 file saved by `variant`, the model's config without its cascade heads and/or mask
+    position inputs (e.g. a pre-training run's), then copy it layer by layer: cascade heads start as copies
+    of the box head, the mask head's first conv gets zero rows for the position inputs."""
     from bookseg.mrcnn.model import MaskRCNN, named_weight_layers
 
-    saved = MaskRCNN(model.config.replace(cascade_iou_thresholds=()))
+    saved = MaskRCNN(variant)
     load_checkpoint(saved, path)
     targets = _model_layers(model)
     report = LoadReport(path=str(path))
     for name, layer in named_weight_layers(saved).items():
         if layer.weights:
-            targets[name].set_weights(layer.get_weights())
-            report.loaded.append(name)
+            _assign(name, targets[name], layer.get_weights(), report, True, path)
     report.missing = [name for name, layer in targets.items() if layer.weights and name not in report.loaded]
     _seed_cascade_heads(targets, report)
-    report.notes.append("Keras 3 weights file of the same architecture without cascade heads")
+    lacks = [
+        what
+        for what, differs in (
+            ("cascade heads", variant.cascade_iou_thresholds != model.config.cascade_iou_thresholds),
+            ("mask position inputs", variant.mask_head_coordinates != model.config.mask_head_coordinates),
+        )
+        if differs
+    ]
+    report.notes.append(f"Keras 3 weights file of the same architecture without {' and '.join(lacks)}")
     return report
 
 
@@ -330,9 +356,14 @@ def _load_keras3_weights(model, path: Path, exclude) -> LoadReport:
             "needs a legacy h5 (matterport layout)"
         )
     in_file, in_model = _array_count(path), len(model.weights)
+    variant = model.config
     cascade_arrays = sum(len(head.weights) for head in model.cascade_heads)
     if cascade_arrays and in_file == in_model - cascade_arrays:
-        return _load_keras3_without_cascade(model, path)
+        variant = variant.replace(cascade_iou_thresholds=())
+    if variant.mask_head_coordinates and _mask_conv1_inputs(path) == variant.top_down_pyramid_size:
+        variant = variant.replace(mask_head_coordinates=False)
+    if variant != model.config:
+        return _load_keras3_variant(model, path, variant)
     if in_file != in_model:  # Keras would skip the file's extra arrays silently
         raise WeightLoadError(
             f"{path}: holds {in_file} arrays, the model {in_model}. A Keras 3 weights file fits only the "
@@ -353,9 +384,32 @@ def _load_keras3_weights(model, path: Path, exclude) -> LoadReport:
     return report
 
 
+def _with_coordinate_inputs(arrays, model_shapes):
+    """A conv layer's (kernel, bias) widened by zero kernel rows for the 2 position channels
+    `RoiCoordinates` adds, or None when the shapes differ in any other way. With zeros the layer computes
+    what the file's did until training uses the positions."""
+    if len(arrays) != 2 or len(model_shapes) != 2 or tuple(arrays[1].shape) != model_shapes[1]:
+        return None
+    kernel = np.asarray(arrays[0])
+    if (
+        kernel.ndim != 4
+        or tuple(kernel.shape[:2]) + tuple(kernel.shape[3:]) != model_shapes[0][:2] + model_shapes[0][3:]
+    ):
+        return None
+    if model_shapes[0][2] != kernel.shape[2] + 2:
+        return None
+    return [np.pad(kernel, ((0, 0), (0, 0), (0, 2), (0, 0))), np.asarray(arrays[1])]
+
+
 def _assign(name, layer, arrays, report: LoadReport, strict: bool, path, file_name=None) -> None:
     model_shapes = [tuple(w.shape) for w in layer.weights]
     file_shapes = [tuple(a.shape) for a in arrays]
+    widened = _with_coordinate_inputs(arrays, model_shapes) if name == MASK_COORDINATES_LAYER else None
+    if widened is not None:
+        layer.set_weights(widened)
+        report.loaded.append(name)
+        report.notes.append(f"{name}: the file has no position inputs; their kernel rows start at zero")
+        return
     if model_shapes != file_shapes:
         shown = name if file_name in (None, name) else f"{name} (file layer {file_name})"
         message = f"{shown}: file has {_describe(file_shapes)}, model has {_describe(model_shapes)}"
