@@ -85,7 +85,9 @@ def _trained_loss(coordinates: bool) -> float:
         top_down_pyramid_size=1, mask_head_channels=16, mask_head_coordinates=coordinates, num_classes=1
     )
     head = build_mask_head(config)
-    head.compile(optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    head.compile(
+        optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True)
+    )
     features, targets = _centred_band_task(64, config.mask_pool_size, seed=0)
     head.fit(features, targets, epochs=60, batch_size=16, verbose=0, shuffle=False)
     test_features, test_targets = _centred_band_task(32, config.mask_pool_size, seed=1)
