@@ -139,7 +139,7 @@ def test_mask_gap_scores_a_fold_model_on_its_validation_books(smoke_sweep):
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / "mask_gap.py"), "--run", parent.info.run_id, "--fold", "1"],
         cwd=smoke_sweep.root,
-        env=cli_env(smoke_sweep.root),
+        env=cli_env(smoke_sweep.root, smoke_sweep.uri),
         capture_output=True,
         text=True,
         timeout=240,

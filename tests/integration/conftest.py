@@ -1,7 +1,5 @@
 """Run the real CLI in a subprocess, in a temporary folder with its own MLflow store and data cache."""
 
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,16 +8,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import cli_env
-
-
-def stop_process_group(proc: subprocess.Popen, timeout: float) -> None:
-    """SIGTERM the process group `proc` leads (started with start_new_session=True), SIGKILL it after `timeout` s."""
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 class CliRunner:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -45,7 +44,7 @@ from bookseg.inference.registry import (
     summary_tags,
 )
 from bookseg.inference.trained_model import load_from_run
-from tests.integration.conftest import stop_process_group
+from tests.servers import free_port, stop_process_group
 
 SUMMARY = {
     "cv/mask_ap50_mean": 0.5,
@@ -240,12 +239,6 @@ def _assert_same_books(records: list[dict], expected: dict, size: tuple[int, int
 # --- the real job and the real scoring server ------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _wait_for_ping(url: str, server: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -296,7 +289,7 @@ def test_job_registers_its_final_model_and_the_scoring_server_outlines_books(cli
     assert "cv/mask_ap50:" in version.description
 
     shelf = _shelf(cli.root, seed=5, size=(128, 128))
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = cli.root / "serve.log"
     with open(log, "w") as out:

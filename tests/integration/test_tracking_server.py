@@ -1,121 +1,48 @@
-"""The team setup: runs logged to a real `mlflow server` (started with `make server`: sqlite backend, proxied
-artifacts) over HTTP, and a server that is down failing the job in seconds with one line."""
+"""The team setup: runs logged over HTTP to a real `mlflow server` (`make server` with PostgreSQL as its store and
+proxied artifacts), and a server that is down failing the job in seconds with one line."""
 
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
-import pytest
-from mlflow.tracking import MlflowClient
-
-from tests.integration.conftest import stop_process_group
-
-REPO = Path(__file__).resolve().parents[2]
+import sqlalchemy
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def test_the_shared_sweep_reached_postgresql_and_the_artifact_proxy_through_the_server(smoke_sweep, tmp_path):
+    """The session's 2-point parallel smoke sweep (tests/conftest.py) logged only to `make server`."""
+    root, client = smoke_sweep.root, smoke_sweep.client()
+    assert (
+        not (root / "mlflow.db").exists() and not (root / "mlruns").exists()
+    )  # nothing went to a local store
+    assert "not reachable" not in smoke_sweep.stdout
 
+    # Every run the REST API lists is a row of the server's PostgreSQL database.
+    experiment = client.get_experiment_by_name(smoke_sweep.experiment)
+    listed = {r.info.run_id for r in client.search_runs([experiment.experiment_id], max_results=1000)}
+    engine = sqlalchemy.create_engine(smoke_sweep.store)
+    with engine.connect() as db:
+        stored = {row[0] for row in db.execute(sqlalchemy.text("SELECT run_uuid FROM runs"))}
+    engine.dispose()
+    assert len(listed) == 8 and listed == stored  # 2 finished points with 2 folds each, 2 failed points
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-@pytest.fixture
-def tracking_server(tmp_path):
-    """`make server` on a free loopback port, its database and artifacts in tmp_path; yields (uri, folder)."""
-    root = tmp_path / "server"
-    root.mkdir()
-    port = _free_port()
-    artifacts = root / "artifacts"
-    log = open(root / "server.log", "w")  # noqa: SIM115 (open while the server writes)
-    server = subprocess.Popen(
-        [
-            "make",
-            "-s",
-            "-C",
-            str(REPO),
-            "server",
-            f"PYTHON={sys.executable}",
-            f"PORT={port}",
-            f"SERVER_STORE=sqlite:///{root / 'mlflow.db'}",
-            f"SERVER_ARTIFACTS={artifacts}",
-        ],
-        cwd=root,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: teardown stops make, the server and its worker
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while not _answers(uri):
-            assert server.poll() is None, (
-                f"mlflow server exited:\n{(root / 'server.log').read_text()[-3000:]}"
-            )
-            assert time.monotonic() < deadline, f"no answer:\n{(root / 'server.log').read_text()[-3000:]}"
-            time.sleep(0.5)
-        yield uri, artifacts
-    finally:
-        stop_process_group(server, timeout=20)
-        log.close()
-
-
-def test_smoke_experiment_logs_runs_metrics_and_artifacts_to_a_tracking_server(
-    cli, tracking_server, tmp_path
-):
-    uri, artifacts = tracking_server
-    cli.env["MLFLOW_TRACKING_URI"] = uri
-    proc = cli.run("+experiment=smoke")
-    assert "not reachable" not in proc.stdout + proc.stderr
-    assert not cli.db.exists() and not (cli.root / "mlruns").exists()  # nothing went to a local store
-
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name("bookseg/default")
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1
-    parent = parents[0]
-    assert parent.info.status == "FINISHED"
-    assert parent.info.artifact_uri.startswith("mlflow-artifacts:/")  # proxied: clients never see the folder
-    assert 0.0 <= parent.data.metrics["cv/mask_ap50_mean"] <= 1.0
-    assert parent.data.params["tags"] == '["smoke"]'
-    assert {"config.yaml", "results.txt", "folds.json"} <= {
-        a.path for a in client.list_artifacts(parent.info.run_id)
-    }
-
-    children = {
-        r.data.tags["fold"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-    }
-    assert {"0", "1"} <= children.keys()
     download = tmp_path / "download"
-    for fold in ("0", "1"):
-        child = children[fold]
-        assert child.info.status == "FINISHED"
-        assert 0.0 <= child.data.metrics["mask_ap50"] <= 1.0
-        assert [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")] == [1, 2]
-        weights = [a.path for a in client.list_artifacts(child.info.run_id, "weights")]
-        overlays = [a.path for a in client.list_artifacts(child.info.run_id, "overlays")]
-        assert len(weights) == 1 and weights[0].endswith(".weights.h5")
-        assert overlays and all(p.endswith(".jpg") for p in overlays)
-        # Downloaded through the server's artifact proxy, byte for byte what it stored in its folder.
-        for path, magic in ((weights[0], b"\x89HDF\r\n\x1a\n"), (overlays[0], b"\xff\xd8")):
-            local = Path(client.download_artifacts(child.info.run_id, path, str(download / fold)))
-            assert local.read_bytes().startswith(magic), path
-            stored = list(artifacts.rglob(f"{child.info.run_id}/artifacts/{path}"))
-            assert len(stored) == 1 and stored[0].read_bytes() == local.read_bytes(), path
+    for parent in smoke_sweep.parents:
+        assert parent.info.artifact_uri.startswith(
+            "mlflow-artifacts:/"
+        )  # proxied: clients never see the folder
+        for fold, child in smoke_sweep.children[parent.info.run_id].items():
+            weights = [a.path for a in client.list_artifacts(child.info.run_id, "weights")]
+            overlays = [a.path for a in client.list_artifacts(child.info.run_id, "overlays")]
+            assert len(weights) == 1 and weights[0].endswith(".weights.h5")
+            assert overlays and all(p.endswith(".jpg") for p in overlays)
+            # Downloaded through the server's artifact proxy, byte for byte what it stored in its folder.
+            for path, magic in ((weights[0], b"\x89HDF\r\n\x1a\n"), (overlays[0], b"\xff\xd8")):
+                local = Path(client.download_artifacts(child.info.run_id, path, str(download / str(fold))))
+                assert local.read_bytes().startswith(magic), path
+                stored_file = list(smoke_sweep.artifacts.rglob(f"{child.info.run_id}/artifacts/{path}"))
+                assert len(stored_file) == 1 and stored_file[0].read_bytes() == local.read_bytes(), path
 
 
 def test_an_unreachable_tracking_server_fails_in_seconds_with_one_line(cli):
