@@ -26,7 +26,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _KEY_EXCLUDED = ("tracking", "resume", "work_dir", "study", "tags", "optimized_metric")
 # conf/sweep/ presets that only choose the Hydra launcher (where points run, not what they train) stay out of
 # the key too: a point resumes whether it ran in-process, in joblib workers or as a submitit job (docs/scaling.md).
-LAUNCHER_PRESETS = ("parallel", "submitit_local", "submitit_slurm")
+LAUNCHER_PRESETS = ("parallel", "ray", "submitit_local", "submitit_slurm")
 
 
 def tracking_uri(cfg: DictConfig) -> str:
