@@ -120,6 +120,12 @@ def base_parser(
             default=512,
             help="width of rpn_conv_shared: 512 as matterport (default), 256 as torchvision",
         )
+        parser.add_argument(
+            "--backbone",
+            choices=("resnet50", "resnet101"),
+            default="resnet50",
+            help="ResNet of the workload: resnet50 as BENCH-512/1024 (default), resnet101 as matterport's COCO model",
+        )
     parser.set_defaults(default_steps=default_steps, default_warmup=default_warmup)
     return parser
 
@@ -135,10 +141,15 @@ def resolve_counts(args) -> None:
 
 
 def workload_config(
-    size: int = 512, *, quick: bool = False, precision: str = "float32", rpn_conv_channels: int = 512
+    size: int = 512,
+    *,
+    quick: bool = False,
+    precision: str = "float32",
+    rpn_conv_channels: int = 512,
+    backbone: str = "resnet50",
 ):
     """The `MrcnnConfig` of BENCH-<size> (or the tiny smoke-test model at 128 px with `quick`);
-    `rpn_conv_channels` applies to the ResNet-50 workload only."""
+    `rpn_conv_channels` and `backbone` apply to the ResNet workload only."""
     from bookseg.mrcnn.config import MrcnnConfig
 
     if quick:
@@ -165,7 +176,7 @@ def workload_config(
             detection_min_confidence=0.0,
         )
     return MrcnnConfig(
-        backbone="resnet50",
+        backbone=backbone,
         precision=precision,
         rpn_conv_channels=rpn_conv_channels,
         num_classes=2,
@@ -185,7 +196,11 @@ def workload_config(
 def workload_config_of(args):
     """`workload_config` for a script's parsed arguments."""
     return workload_config(
-        args.size, quick=args.quick, precision=args.precision, rpn_conv_channels=args.rpn_conv_channels
+        args.size,
+        quick=args.quick,
+        precision=args.precision,
+        rpn_conv_channels=args.rpn_conv_channels,
+        backbone=args.backbone,
     )
 
 

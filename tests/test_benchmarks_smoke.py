@@ -151,3 +151,18 @@ def test_mask_gap_scores_a_fold_model_on_its_validation_books(smoke_sweep):
     band_rows = re.findall(r"^\| (\d\.\d-\d\.\d) \| (\d+) \|", proc.stdout, re.MULTILINE)
     assert [band for band, _ in band_rows] == ["0.0-0.4", "0.4-0.6", "0.6-0.8", "0.8-1.0"]
     assert sum(int(count) for _, count in band_rows) == books
+
+
+def test_grid_estimate_counts_the_sweep_presets_and_divides_the_work_by_the_gpus():
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "grid_estimate.py"), "--step-gflops", "4300", "--gpu-tflops", "8"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert (
+        "4 anchors x 5 augmentation x 3 optimizer = 60 points, x 5 folds = 300 fold trainings" in proc.stdout
+    )
+    # 300 folds x 170,000 steps x 4.3 TFLOP / 8 TFLOP/s = 317 days on one GPU; heads steps at a third: 193
+    assert "| 8 | 0.537 | 193-317 | 24-40 | 6-10 |" in proc.stdout
