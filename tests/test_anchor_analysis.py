@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bookseg.analysis.anchor_command import model_config, run_anchors
+from bookseg.analysis.anchor_command import format_analysis, model_config, run_anchors
 from bookseg.analysis.anchor_geometry import AnchorGrid, best_anchor_iou, positive_anchors
 from bookseg.analysis.anchor_suggest import kmeans_log_ratios
 from bookseg.analysis.anchors import analyze_anchors, instance_box, model_boxes, resize_box
@@ -248,3 +248,21 @@ def test_anchors_command_reports_bad_input_without_traceback(tmp_path, monkeypat
     assert main(["anchors", "synthetic", "--scales", "16", "32"]) == 2
     assert "one scale per level" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()  # the config is checked before any data is generated
+
+
+def test_neighbour_overlap_counts_books_detection_nms_can_remove():
+    # Image a: two leaning-book boxes side by side at IoU 1/3 (each 40 wide, overlapping by 20), one apart.
+    # Image b: a box alone, and a box equal to image a's first (other images do not count).
+    records = [
+        _record("a", 256, 256, [(0, 0, 100, 40), (0, 20, 100, 60), (0, 200, 100, 240)]),
+        _record("b", 256, 256, [(0, 0, 100, 40), (150, 150, 200, 200)]),
+    ]
+    config = _cpu_config()
+    analysis = analyze_anchors(records, config, suggest=False)
+    np.testing.assert_allclose(analysis.neighbour_iou, [1 / 3, 1 / 3, 0, 0, 0], atol=1e-9)
+    text = format_analysis(analysis, config.replace(detection_nms_threshold=0.3))
+    assert "(IoU > 0.3: 40%, > 0.5: 0%, > 0.7: 0%)" in text
+    assert "model.detection_nms_threshold=0.3: 40% of these books can lose theirs" in text
+    assert "model.detection_nms_threshold=0.5: 0%" in format_analysis(
+        analysis, config.replace(detection_nms_threshold=0.5)
+    )

@@ -18,6 +18,7 @@ from bookseg.analysis.anchors import AnchorAnalysis, AnchorMatch, analyze_anchor
 from bookseg.config.compose import CONF_DIR
 
 PERCENTILES = (0, 5, 25, 50, 75, 95, 100)
+NMS_CHECKS = (0.3, 0.5, 0.7)  # neighbour-overlap shares printed against detection NMS thresholds
 
 
 def config_options(group: str) -> list[str]:
@@ -131,6 +132,18 @@ def format_analysis(analysis: AnchorAnalysis, config, title: str = "") -> str:
             f"{int(np.sum(per_image > a.positive_cap))} images exceed the {a.positive_cap} positives training "
             "keeps (rpn_train_anchors_per_image / 2), which are then subsampled"
         )
+    if a.neighbour_iou.size:
+        threshold = config.detection_nms_threshold
+        shares = ", ".join(f"> {t:g}: {100 * np.mean(a.neighbour_iou > t):.0f}%" for t in NMS_CHECKS)
+        lines += [
+            "",
+            f"Boxes overlapping a neighbour's box in their image (IoU {shares})",
+            (
+                f"  detection NMS keeps the better of two detections overlapping more than "
+                f"model.detection_nms_threshold={threshold:g}: {100 * np.mean(a.neighbour_iou > threshold):.0f}% of "
+                "these books can lose theirs to a neighbour's"
+            ),
+        ]
     s = a.suggested
     if s is not None:
         lines += [

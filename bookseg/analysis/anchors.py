@@ -251,6 +251,8 @@ class AnchorAnalysis:
         num_anchors: anchors per molded shape, in `boxes.shapes` order.
         positive_cap: positives kept per image in training (rpn_train_anchors_per_image / 2).
         num_groups: distinct fold groups among the records (source photos when a group regex is set).
+        neighbour_iou: float64 [M] each box's highest IoU with another box of its image (0 when alone): books
+            whose neighbour overlaps them above `detection_nms_threshold` can be removed by detection NMS.
     """
 
     source: str
@@ -264,6 +266,7 @@ class AnchorAnalysis:
     num_anchors: list[int]
     positive_cap: int
     num_groups: int
+    neighbour_iou: np.ndarray
 
 
 def analyze_anchors(
@@ -314,4 +317,19 @@ def analyze_anchors(
         num_anchors=[AnchorGrid.for_config(config, shape).num_anchors for shape in boxes.shapes],
         positive_cap=int(config.rpn_train_anchors_per_image) // 2,
         num_groups=len({r.group or r.image_id for r in records}),
+        neighbour_iou=neighbour_iou(b, boxes.image_index),
     )
+
+
+def neighbour_iou(boxes: np.ndarray, image_index: np.ndarray) -> np.ndarray:
+    """float64 [M]: each box's highest IoU with another box of the same image; boxes [M, 4] (y1, x1, y2, x2)."""
+    from bookseg.analysis.mask_gap import box_iou
+
+    out = np.zeros(len(boxes))
+    for image in np.unique(image_index):
+        members = np.flatnonzero(image_index == image)
+        if len(members) > 1:
+            iou = box_iou(boxes[members], boxes[members])
+            np.fill_diagonal(iou, 0.0)
+            out[members] = iou.max(axis=1)
+    return out
