@@ -46,13 +46,13 @@ def _answers(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def postgres(folder: Path):
-    """A PostgreSQL server with its data in `folder`; yields the SQLAlchemy URL of an empty `mlflow` database."""
+def postgres(folder: Path, database: str = "mlflow"):
+    """A PostgreSQL server with its data in `folder`; yields the SQLAlchemy URL of an empty `database`."""
     import pgserver
 
     with pgserver.get_server(folder, cleanup_mode="stop") as server:
-        server.psql("CREATE DATABASE mlflow;")
-        yield server.get_uri("mlflow")
+        server.psql(f"CREATE DATABASE {database};")
+        yield server.get_uri(database)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""bookseg's Optuna sweeper on a shared sqlite study: resume after a kill, two workers, pruning on folds.
+"""bookseg's Optuna sweeper on a shared study (sqlite, PostgreSQL): resume after a kill, two workers, pruning on folds.
 
 The jobs are tests/sweep/fake_job.py (folds that sleep instead of training, through the same job-side
 trial code as `cross_validate`), so each study takes seconds; test_bookseg_sweep.py runs the real one.
@@ -50,8 +50,8 @@ class Worker:
         return self.log.read_text()
 
 
-def study(root: Path, name: str = "fake") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{root / 'optuna.db'}")
+def study(root: Path, name: str = "fake", storage: str | None = None) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage or f"sqlite:///{root / 'optuna.db'}")
 
 
 def parent_runs(root: Path) -> list:
@@ -175,7 +175,19 @@ def test_study_killed_after_its_first_trial_resumes_to_three_trials(tmp_path):
     assert len(list(tmp_path.glob("logs/trial0_fold*"))) == 3  # trial 0 was not run again
 
 
-def test_two_workers_share_one_study_without_duplicates(tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request, tmp_path):
+    """The study's storage: the default sqlite file, or a PostgreSQL database (the many-machines setup)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'optuna.db'}"
+    else:
+        from tests.servers import postgres
+
+        with postgres(tmp_path / "postgres", database="optuna") as url:
+            yield url
+
+
+def test_two_workers_share_one_study_without_duplicates(tmp_path, storage):
     prepare_mlflow(tmp_path)
     args = (
         "hydra.sweeper.n_trials=4",
@@ -183,11 +195,12 @@ def test_two_workers_share_one_study_without_duplicates(tmp_path):
         "folds=2",
         "fold_seconds=0.5",
         "barrier=2",
+        f"hydra.sweeper.storage='{storage}'",
     )
     workers = [Worker(tmp_path, *args, name=f"worker{i}") for i in range(2)]
     outputs = [w.wait() for w in workers]
 
-    trials = study(tmp_path).trials
+    trials = study(tmp_path, storage=storage).trials
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(counted(trials)) == 4 and len(complete) == 4, outputs
     # Two workers asking at the very same moment for the last trial: the later one is put back in the queue.
