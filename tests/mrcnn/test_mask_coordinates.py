@@ -89,7 +89,7 @@ def _trained_loss(coordinates: bool) -> float:
         optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.BinaryCrossentropy(from_logits=True)
     )
     features, targets = _centred_band_task(64, config.mask_pool_size, seed=0)
-    head.fit(features, targets, epochs=60, batch_size=16, verbose=0, shuffle=False)
+    head.fit(features, targets, epochs=25, batch_size=16, verbose=0, shuffle=False)
     test_features, test_targets = _centred_band_task(32, config.mask_pool_size, seed=1)
     return float(head.evaluate(test_features, test_targets, verbose=0))
 
