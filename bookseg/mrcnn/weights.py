@@ -309,17 +309,13 @@ def _mask_conv1_inputs(path: Path) -> int | None:
     """Input channels of the mask head's first conv in a Keras 3 file, or None if not found. Keras 3 stores
     layers by position (`layers/functional_3/layers/conv2d/vars/0`), so the mask head is found as the group
     holding the only transposed convolution."""
+    suffix = "/layers/conv2d_transpose"
     with h5py.File(path, "r") as f:
-        groups = []
-        f.visit(
-            lambda name: (
-                groups.append(name[: -len("/layers/conv2d_transpose")])
-                if name.endswith("/layers/conv2d_transpose")
-                else None
-            )
-        )
-        kernels = [f[f"{g}/layers/conv2d/vars/0"] for g in groups if f"{g}/layers/conv2d/vars/0" in f]
-        return int(kernels[0].shape[2]) if len(kernels) == 1 else None
+        names = []
+        f.visit(names.append)
+        kernels = [f"{name[: -len(suffix)]}/layers/conv2d/vars/0" for name in names if name.endswith(suffix)]
+        shapes = [f[k].shape for k in kernels if k in f]
+    return int(shapes[0][2]) if len(shapes) == 1 else None
 
 
 def _load_keras3_variant(model, path: Path, variant) -> LoadReport:

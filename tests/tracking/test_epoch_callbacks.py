@@ -11,11 +11,15 @@ from bookseg.tracking.callbacks import EpochCheckpoint, MlflowEpochLogger, log_m
 
 
 @pytest.fixture
-def run(tmp_path):
+def run(tmp_path, monkeypatch):
+    """An active MLflow run in a store of its own (an experiment another test made active is not in it)."""
+    monkeypatch.chdir(tmp_path)  # the store's default artifact root, ./mlruns
+    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with mlflow.start_run() as active:
+    experiment = mlflow.set_experiment("epoch-callbacks")
+    with mlflow.start_run(experiment_id=experiment.experiment_id) as active:
         yield active
-    mlflow.set_tracking_uri(None)
+    mlflow.set_tracking_uri(previous)
 
 
 def _fit(callbacks, epochs, initial_epoch=0):
