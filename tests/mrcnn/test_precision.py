@@ -6,6 +6,7 @@ that matters to a user: a model trained in float32 detects the same books, with 
 when run in mixed bfloat16.
 """
 
+import cv2
 import keras
 import numpy as np
 import pytest
@@ -60,12 +61,22 @@ def test_frozen_batch_norm_matches_keras_batch_normalization():
     np.testing.assert_allclose(ours(x, training=True).numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_bf16_detections_match_float32_detections_of_the_same_weights(overfit_run):
-    """Same trained weights, run in float32 and in mixed bfloat16: same books found, boxes and masks
-    agree (masks to IoU >= 0.85, boxes to 0.9), scores within 0.05, and the AP is unchanged within 0.05.
+def _within_one_pixel_of_the_edge(reference: np.ndarray, other: np.ndarray) -> bool:
+    """True if bool [H, W] masks `reference` and `other` differ only in pixels at most 1 px from the
+    edge of `reference` (inside or outside it)."""
+    kernel = np.ones((3, 3), np.uint8)
+    mask = reference.astype(np.uint8)
+    edge_band = cv2.dilate(mask, kernel).astype(bool) & ~cv2.erode(mask, kernel).astype(bool)
+    return not np.any((reference ^ other) & ~edge_band)
 
-    The overfit weights differ slightly from run to run (multi-threaded CPU kernels), and a book 12 px high
-    loses or gains a row of mask pixels in bf16: mask IoU 0.88 was seen once in five runs, hence 0.85."""
+
+def test_bf16_detections_match_float32_detections_of_the_same_weights(overfit_run):
+    """Same trained weights, run in float32 and in mixed bfloat16: same books found, each mask differs
+    by at most a pixel at its edge, boxes agree to IoU 0.9, scores within 0.05, the AP within 0.05.
+
+    Measured as a pixel band rather than an IoU: the overfit weights differ slightly from run to run
+    (multi-threaded CPU kernels), and a book 10 px wide that gains or loses one column of pixels in bf16
+    drops to mask IoU 0.84 while being outlined as well as in float32."""
     fp32_model = overfit_run.model
     bf16_model = MaskRCNN(fp32_model.config.replace(precision="mixed_bfloat16"))
     bf16_model.set_weights(fp32_model.get_weights())
@@ -80,7 +91,8 @@ def test_bf16_detections_match_float32_detections_of_the_same_weights(overfit_ru
             if score < 0.8:  # near the 0.5 threshold a detection may fall either side
                 continue
             best = int(np.argmax(mask_ious[k])) if bf16["scores"].size else None
-            assert best is not None and mask_ious[k, best] >= 0.85, f"fp32 detection {box} has no bf16 twin"
+            assert best is not None and mask_ious[k, best] >= 0.5, f"fp32 detection {box} has no bf16 twin"
+            assert _within_one_pixel_of_the_edge(fp32["masks"][..., k], bf16["masks"][..., best]), box
             assert abs(bf16["scores"][best] - score) < 0.05
             assert box_ious[k, best] >= 0.9
             matched += 1
