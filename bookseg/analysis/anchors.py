@@ -23,6 +23,7 @@ import numpy as np
 from bookseg.analysis.anchor_geometry import AnchorGrid, positive_anchors
 from bookseg.analysis.anchor_suggest import suggest_anchors
 from bookseg.data.records import ImageRecord, Instance
+from bookseg.mrcnn.boxes import iou_matrix
 from bookseg.mrcnn.images import resize_geometry
 
 SIZE_EDGES = (0, 16, 32, 64, 128, 256, np.inf)
@@ -323,13 +324,11 @@ def analyze_anchors(
 
 def neighbour_iou(boxes: np.ndarray, image_index: np.ndarray) -> np.ndarray:
     """float64 [M]: each box's highest IoU with another box of the same image; boxes [M, 4] (y1, x1, y2, x2)."""
-    from bookseg.analysis.mask_gap import box_iou
-
     out = np.zeros(len(boxes))
     for image in np.unique(image_index):
         members = np.flatnonzero(image_index == image)
         if len(members) > 1:
-            iou = box_iou(boxes[members], boxes[members])
+            iou = iou_matrix(boxes[members], boxes[members])
             np.fill_diagonal(iou, 0.0)
             out[members] = iou.max(axis=1)
     return out
